@@ -1,0 +1,245 @@
+"""Click options shared by ``medsynth push`` and ``medsynth generate --send``, and the final output.
+
+Usage in another command::
+
+    @click.command()
+    @push_options(send_flag=True)          # adds --send plus the destination/tuning options
+    def generate(..., **kwargs):
+        cfg = push_config_from_options(kwargs)   # pops the push options; None unless --send
+        ...write the study to out_dir...
+        if cfg is not None:
+            finish_push(out_dir, cfg, json_out=False, report_path=None)   # table; raises PushError
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from medsynth.errors import ConfigError, OutputError, PushError
+from medsynth.push.model import (
+    DimseTarget,
+    InstanceStatus,
+    PushConfig,
+    PushReport,
+    StowAuth,
+    StowTarget,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENV_USER = "MEDSYNTH_STOW_USER"
+ENV_PASSWORD = "MEDSYNTH_STOW_PASSWORD"
+ENV_TOKEN = "MEDSYNTH_STOW_TOKEN"
+
+# option name (python identifier) -> click option; kept in one table so push and generate agree.
+_OPTIONS: list[tuple[str, Callable[[F], F]]] = [
+    ("host", click.option("--host", metavar="HOST", help="C-STORE: PACS host name or address.")),
+    ("port", click.option("--port", type=int, metavar="PORT", help="C-STORE: PACS DICOM port (e.g. 4242, 104, 11112).")),
+    ("called_aet", click.option("--called-aet", metavar="AET", help="C-STORE: the PACS's AE title.")),
+    ("calling_aet", click.option("--calling-aet", default="MEDSYNTH", show_default=True, metavar="AET",
+                                 help="C-STORE: our AE title (the PACS may need to know it).")),
+    ("stow", click.option("--stow", metavar="URL",
+                          help="DICOMweb STOW-RS endpoint instead of C-STORE, e.g. http://host:8042/dicom-web/studies. "
+                               f"Credentials: ${ENV_USER} + ${ENV_PASSWORD} (basic), ${ENV_TOKEN} (bearer) or --auth-file.")),
+    ("auth_file", click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path),
+                               help="STOW-RS credentials file: JSON {\"token\": ...} or {\"username\": ..., \"password\": ...}, "
+                                    "or lines token=... / username=... and password=...")),
+    ("insecure", click.option("--insecure", is_flag=True, help="STOW-RS over https: do not verify the server certificate.")),
+    ("batch_size", click.option("--batch-size", type=click.IntRange(min=1), default=50, show_default=True,
+                                help="Instances per association (C-STORE) or per request (STOW-RS).")),
+    ("retries", click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+                             help="Extra attempts after a transient failure (exponential back-off).")),
+    ("backoff", click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                             help="First back-off in seconds; doubles per attempt, at most 30 s.")),
+    ("timeout", click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                             help="Seconds to wait for any network step (connect, association, response).")),
+    ("state", click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
+                           help="Resume state file (default: DIR/.medsynth-push-state.json).")),
+    ("resume", click.option("--resume/--no-resume", default=True, show_default=True,
+                            help="Skip instances this destination acknowledged in an earlier run.")),
+]
+PUSH_OPTION_NAMES = tuple(name for name, _ in _OPTIONS)
+
+
+def push_options(send_flag: bool = False) -> Callable[[F], F]:
+    """Decorator adding the destination and tuning options (plus ``--send`` when ``send_flag``)."""
+
+    def deco(func: F) -> F:
+        for _name, opt in reversed(_OPTIONS):
+            func = opt(func)
+        if send_flag:
+            func = click.option("--send", is_flag=True,
+                                help="After writing, push the output folder (see `medsynth push --help`).")(func)
+        return func
+
+    return deco
+
+
+def _read_auth_file(path: Path) -> StowAuth:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read credentials file ({err.strerror})", path) from None
+    values: dict[str, str] = {}
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError
+        values = {str(k).lower(): str(v) for k, v in data.items() if v is not None}
+    except ValueError:
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "=" not in line:
+                # never quote the line: it may be the secret itself
+                raise ConfigError("credentials file lines must look like key=value", path) from None
+            k, v = line.split("=", 1)
+            values[k.strip().lower()] = v.strip()
+    user = values.get("username", values.get("user", ""))
+    return _auth_from(values.get("token", ""), user, values.get("password", ""), f"file {path.name}", path)
+
+
+def _auth_from(token: str, user: str, password: str, source: str, path: Path | None = None) -> StowAuth:
+    if token and (user or password):
+        raise ConfigError(f"STOW-RS credentials from {source}: give a token or a user and password, not both", path)
+    if token:
+        return StowAuth("bearer", secret=token, source=source)
+    if user and not password:
+        raise ConfigError(f"STOW-RS credentials from {source}: a user name without a password", path)
+    if password and not user:
+        raise ConfigError(f"STOW-RS credentials from {source}: a password without a user name", path)
+    return StowAuth("basic", username=user, secret=password, source=source)
+
+
+def resolve_auth(auth_file: Path | None, environ: dict[str, str] | None = None) -> StowAuth | None:
+    """Credentials from ``--auth-file`` or else the environment, or None when neither has any."""
+    if auth_file is not None:
+        return _read_auth_file(auth_file)
+    env = os.environ if environ is None else environ
+    token, user, password = env.get(ENV_TOKEN, ""), env.get(ENV_USER, ""), env.get(ENV_PASSWORD, "")
+    if not (token or user or password):
+        return None
+    return _auth_from(token, user, password, "environment")
+
+
+def push_config_from_options(kwargs: dict[str, Any], *, require: bool = True) -> PushConfig | None:
+    """Pop the push options (and ``send``) from a click ``kwargs`` dict and build a PushConfig.
+
+    With a ``send`` key (generate), returns None unless ``--send`` was given. Otherwise (push)
+    a destination is required when ``require``.
+    """
+    opts = {name: kwargs.pop(name, None) for name in PUSH_OPTION_NAMES}
+    if "send" in kwargs and not kwargs.pop("send"):
+        if opts["host"] or opts["stow"]:
+            raise ConfigError("--host/--stow given without --send")
+        return None
+    host, port, called, stow = opts["host"], opts["port"], opts["called_aet"], opts["stow"]
+    if stow and (host or port or called):
+        raise ConfigError("give either --stow URL or --host/--port/--called-aet, not both")
+    target: DimseTarget | StowTarget
+    if stow:
+        from medsynth.push.stow import check_url
+
+        check_url(stow)
+        target = StowTarget(stow, resolve_auth(opts["auth_file"]), verify_tls=not opts["insecure"])
+    elif host or port or called:
+        missing = [n for n, v in (("--host", host), ("--port", port), ("--called-aet", called)) if not v]
+        if missing:
+            raise ConfigError(f"C-STORE needs --host, --port and --called-aet; missing {', '.join(missing)}")
+        target = DimseTarget(str(host), int(port), str(called), str(opts["calling_aet"] or "MEDSYNTH"))
+    else:
+        if not require:
+            return None
+        raise ConfigError("no destination: give --host/--port/--called-aet (C-STORE) or --stow URL (STOW-RS)")
+    return PushConfig(
+        target=target,
+        batch_size=int(opts["batch_size"] or 50),
+        retries=int(opts["retries"] if opts["retries"] is not None else 3),
+        backoff_s=float(opts["backoff"] if opts["backoff"] is not None else 1.0),
+        timeout_s=float(opts["timeout"] or 30.0),
+        resume=bool(opts["resume"] if opts["resume"] is not None else True),
+        state_path=opts["state"],
+    )
+
+
+# -- output ---------------------------------------------------------------------------------------------
+_MAX_FAILED_ROWS = 50
+
+
+def print_report(report: PushReport, *, stderr: bool = False) -> None:
+    """The final rich table: counts, then every failed instance with its reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=stderr)
+    d = report.to_json()
+    c = d["counts"]
+    summary = Table(title=f"medsynth push → {report.destination}", show_header=True)
+    summary.add_column("result")
+    summary.add_column("instances", justify="right")
+    summary.add_row("[green]sent[/]", str(c["sent"]))
+    summary.add_row("already present (earlier run)", str(c["already_present"]))
+    summary.add_row("[red]failed[/]" if c["failed"] else "failed", str(c["failed"]))
+    if c["warnings"]:
+        summary.add_row("[yellow]sent with warnings[/]", str(c["warnings"]))
+    rate = d["instances_per_s"]
+    summary.caption = f"{report.duration_s:.1f} s" + (f", {rate:g} instances/s" if rate else "")
+    console.print(summary)
+    for err in report.errors:
+        console.print(f"[red]remote:[/] {err}", markup=True, highlight=False)
+    failed = [r for r in report.instances if r.status is InstanceStatus.FAILED]
+    noted = failed + [r for r in report.instances if r.warning and r.status is InstanceStatus.SENT]
+    if noted:
+        t = Table(title="failed / warnings", show_lines=False)
+        t.add_column("file")
+        t.add_column("status")
+        t.add_column("reason")
+        for r in noted[:_MAX_FAILED_ROWS]:
+            t.add_row(r.path, r.status.value, r.reason or r.warning)
+        if len(noted) > _MAX_FAILED_ROWS:
+            t.caption = f"... and {len(noted) - _MAX_FAILED_ROWS} more (see --report)"
+        console.print(t)
+
+
+def write_report(report: PushReport, path: Path) -> None:
+    """Write the JSON report atomically (temporary file beside it, then rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(report.to_json(), fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write the report ({err.strerror})", path) from None
+
+
+def finish_push(
+    folder: Path, config: PushConfig, *, json_out: bool, report_path: Path | None, progress: bool = True
+) -> PushReport:
+    """Push, print the table (stderr when ``json_out``) and JSON, write the report; PushError if anything failed."""
+    from medsynth.cli._common import echo_json
+    from medsynth.push.runner import push_folder
+
+    report = push_folder(folder, config, progress=progress)
+    print_report(report, stderr=json_out)
+    if report_path is not None:
+        write_report(report, report_path)
+    if json_out:
+        echo_json(report.to_json())
+    if not report.ok:
+        c = report.to_json()["counts"]
+        raise PushError(
+            f"{c['failed']} of {c['total']} instances failed"
+            + (f" ({report.errors[0]})" if report.errors else "")
+            + (f"; details in {report_path}" if report_path else "; see the table above")
+        )
+    return report
