@@ -15,6 +15,7 @@ from medsynth import __version__
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "push": "medsynth.cli.push:push",
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
 }
 
