@@ -1,0 +1,924 @@
+"""Standards-true synthetic DICOM writer: patients → studies → series → single-frame instances.
+
+It writes CT Image Storage, MR Image Storage or Digital X-Ray Image Storage – For Presentation
+(whatever the preset says), marks every instance synthetic (SyntheticData = YES, a Contributing
+Equipment item "Synthesizing Equipment", ImageType DERIVED\\SECONDARY) and de-identified
+(PatientIdentityRemoved = YES, DeidentificationMethodCodeSequence 113100), carries the caller's
+provenance in a private block (group 0x0011, creator ``MEDSYNTH 1.0``), and finishes with a
+DICOMDIR (pydicom ``FileSet``) and ``manifest.json``.
+
+Streaming use (one slice at a time, memory stays bounded; what ``medsynth generate`` does)::
+
+    from medsynth.presets import get_preset
+    from medsynth.dicom_io.geometry import VolumeGeometry
+    from medsynth.dicom_io.writer import Provenance, SyntheticStudyWriter, WriterOptions
+
+    preset = get_preset("ct-pelvis")
+    options = WriterOptions(patients=2, studies_per_patient=1, series_per_study=1, seed=7)
+    prov = Provenance(model_id="ct-body", model_sha256="ab…", seed=7, sampler="ddim", steps=50)
+    with SyntheticStudyWriter("out/", preset, options, prov, force=False) as writer:
+        for slot in options.slots():                       # SeriesSlot(patient, study, series)
+            n = 24
+            geom = VolumeGeometry.axial(preset.matrix, preset.pixel_spacing_mm,
+                                        preset.slice_thickness_mm, n)
+            writer.begin_series(geom, preset.matrix, patient=slot.patient, study=slot.study)
+            for k in range(n):
+                hu = preset.intensity.to_physical(model_output[k])   # float [rows, cols], HU
+                writer.write_slice(k, hu)                          # written to disk now
+        manifest = writer.finish()        # DICOMDIR + manifest.json; returns the manifest dict
+
+If the block raises (or Ctrl-C), ``__exit__`` still writes ``manifest.json`` listing the complete
+files written so far (``"complete": false``) and no partial file is left behind.
+
+One call for a whole volume (what ``medsynth to-dicom`` does)::
+
+    manifest = write_volume(hu_zyx, geometry, preset, "out/", WriterOptions(seed=1), Provenance())
+
+Pixel arrays are float, in physical units: HU for CT (stored through RescaleIntercept/Slope),
+scanner units for MR and detector units for DX (stored directly). Slices are ``[rows, cols]``;
+volumes ``[z, y, x]`` as SimpleITK returns them; positions follow :class:`VolumeGeometry` (LPS, mm).
+
+Why by hand: highdicom builds enhanced multi-frame and derived objects (SEG, SR, SC) but not
+single-frame CT/MR/DX image IODs, so the modules are filled here with pydicom, attribute by
+attribute, and the result is checked with ``dciodvfy`` in the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+
+from medsynth import __version__
+from medsynth.dicom_io.geometry import VolumeGeometry
+from medsynth.dicom_io.identity import (
+    IdentityOptions,
+    PatientIdentity,
+    StudyIdentity,
+    age_string,
+    make_patient,
+    make_study,
+    run_entropy,
+)
+from medsynth.dicom_io.uids import UidFactory, normalise_root
+from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
+from medsynth.presets import CodedConcept, Modality, Preset, Window
+
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "MEDSYNTH 1.0"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+MANUFACTURER = "medsynth"
+SYNTHESIZING_EQUIPMENT = CodedConcept("109100", "DCM", "Synthesizing Equipment")
+PA_VIEW = CodedConcept("399348003", "SCT", "postero-anterior")
+BASIC_PROFILE = CodedConcept("113100", "DCM", "Basic Application Confidentiality Profile")
+
+# Private block element offsets (0011,10xx) and their VRs.
+PRIVATE_TAGS: dict[str, tuple[int, str]] = {
+    "model_id": (0x01, "LO"),
+    "model_sha256": (0x02, "LO"),
+    "seed": (0x03, "LO"),
+    "sampler": (0x04, "LO"),
+    "steps": (0x05, "IS"),
+    "guidance": (0x06, "DS"),
+    "condition": (0x07, "LO"),
+    "software_version": (0x08, "LO"),
+    "source_sha256": (0x09, "LO"),
+    "json": (0x10, "UT"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the pixels came from; written to the private block and the manifest.
+
+    ``model_sha256``/``source_sha256`` are hex SHA-256 digests (of the ONNX model, of the input
+    file for to-dicom). ``seed`` is the sampler's seed, ``steps`` its number of denoising steps,
+    ``guidance`` its classifier-free guidance scale, ``condition`` the condition label sampled.
+    Never put file names or header text here: all of it is copied into every output file.
+    """
+
+    model_id: str | None = None
+    model_sha256: str | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    condition: str | None = None
+    software_version: str = __version__
+    source_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The non-empty fields, JSON-ready."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        """One sentence for ContributionDescription / DerivationDescription."""
+        if self.model_id:
+            parts = [f"Synthesized by medsynth {self.software_version} with diffusion model {self.model_id}"]
+            if self.sampler:
+                parts.append(f"sampler {self.sampler}")
+            if self.steps is not None:
+                parts.append(f"{self.steps} steps")
+            if self.guidance is not None:
+                parts.append(f"guidance {self.guidance:g}")
+            if self.seed is not None:
+                parts.append(f"seed {self.seed}")
+            if self.condition:
+                parts.append(f"condition {self.condition}")
+            return ", ".join(parts)
+        text = f"Written by medsynth {self.software_version}; patient, study, dates and UIDs are synthetic"
+        if self.source_sha256:
+            text += f"; pixel data from an input volume with SHA-256 {self.source_sha256}"
+        return text
+
+
+@dataclass(frozen=True)
+class SeriesSlot:
+    """Indices (0-based) of one series in the run's patient → study → series plan."""
+
+    patient: int
+    study: int
+    series: int
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """How many patients/studies/series to write, what they look like, and reproducibility.
+
+    ``slices_per_series`` is a hint for callers that make slices (``generate``); the writer takes
+    whatever slices it is given. ``uid_root`` is a UID prefix (default: the 2.25 UUID form);
+    ``seed`` makes UIDs, identities and timestamps — hence every output byte — reproducible.
+    """
+
+    patients: int = 1
+    studies_per_patient: int = 1
+    series_per_study: int = 1
+    slices_per_series: int | None = None
+    identity: IdentityOptions = field(default_factory=IdentityOptions)
+    uid_root: str | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("patients", "studies_per_patient", "series_per_study"):
+            value = getattr(self, name)
+            if not 1 <= value <= 10000:
+                raise ConfigError(f"{name.replace('_', ' ')} must be between 1 and 10000, got {value}")
+        if self.slices_per_series is not None and not 1 <= self.slices_per_series <= 100000:
+            raise ConfigError(f"slices per series must be between 1 and 100000, got {self.slices_per_series}")
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        normalise_root(self.uid_root)
+
+    def slots(self) -> Iterator[SeriesSlot]:
+        """Every series of the plan, patient-major."""
+        for p in range(self.patients):
+            for s in range(self.studies_per_patient):
+                for e in range(self.series_per_study):
+                    yield SeriesSlot(p, s, e)
+
+    @property
+    def n_series(self) -> int:
+        """patients × studies per patient × series per study."""
+        return self.patients * self.studies_per_patient * self.series_per_study
+
+
+@dataclass(frozen=True)
+class PixelEncoding:
+    """How physical values become stored integers: ``stored = rint((v - intercept) / slope)``.
+
+    ``bits_stored`` 12 or 16 (always 16 bits allocated); ``signed`` → PixelRepresentation 1.
+    """
+
+    bits_stored: int
+    signed: bool
+    rescale_intercept: float = 0.0
+    rescale_slope: float = 1.0
+
+    @property
+    def stored_range(self) -> tuple[int, int]:
+        """Smallest and largest storable integer."""
+        if self.signed:
+            return -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1
+        return 0, 2**self.bits_stored - 1
+
+    @property
+    def physical_range(self) -> tuple[float, float]:
+        """Smallest and largest physical value this encoding represents."""
+        lo, hi = self.stored_range
+        return lo * self.rescale_slope + self.rescale_intercept, hi * self.rescale_slope + self.rescale_intercept
+
+    def encode(self, physical: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int16] | npt.NDArray[np.uint16], int]:
+        """Physical 2D array → (little-endian stored array, number of pixels clipped to the range)."""
+        stored = np.rint((np.asarray(physical, dtype=np.float64) - self.rescale_intercept) / self.rescale_slope)
+        lo, hi = self.stored_range
+        clipped = int(np.count_nonzero((stored < lo) | (stored > hi)))
+        np.clip(stored, lo, hi, out=stored)
+        out = stored.astype("<i2" if self.signed else "<u2")
+        return out, clipped
+
+    @classmethod
+    def for_preset(cls, preset: Preset) -> PixelEncoding:
+        """The preset's own encoding (12-bit unsigned; CT with its RescaleIntercept)."""
+        m = preset.intensity
+        return cls(bits_stored=m.bits_stored, signed=False, rescale_intercept=m.rescale_intercept,
+                   rescale_slope=m.rescale_slope)
+
+    @classmethod
+    def fit(cls, preset: Preset, low: float, high: float) -> PixelEncoding:
+        """The preset's encoding if [low, high] fits it, else a wider one that holds it exactly.
+
+        For CT (rescale slope 1) integers round-trip exactly. Raises InputError when no 16-bit
+        encoding holds the range (MR/DX callers rescale such data first, see ``write_volume``).
+        """
+        base = cls.for_preset(preset)
+        lo, hi = float(np.floor(low)), float(np.ceil(high))
+        plo, phi = base.physical_range
+        if plo <= lo and hi <= phi:
+            return base
+        if preset.modality is Modality.CT:
+            if lo >= -32768 and hi <= 32767:
+                return cls(bits_stored=16, signed=True, rescale_intercept=0.0, rescale_slope=1.0)
+        elif lo >= 0 and hi <= 65535:
+            return cls(bits_stored=16, signed=False)
+        elif preset.modality is Modality.MR and lo >= -32768 and hi <= 32767:
+            return cls(bits_stored=16, signed=True)
+        raise InputError(f"values {low:g}..{high:g} do not fit a 16-bit {preset.modality.value} encoding")
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One written instance, as listed in ``manifest.json`` (``path`` relative, '/'-separated)."""
+
+    path: str
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int
+
+
+@dataclass
+class _Series:
+    slot: SeriesSlot
+    dir: Path
+    rel: str
+    series_uid: UID
+    frame_uid: UID
+    number: int
+    geometry: VolumeGeometry
+    matrix: tuple[int, int]
+    encoding: PixelEncoding
+    template: Dataset
+    written: set[int] = field(default_factory=set)
+    files: int = 0
+    clipped: int = 0
+    description: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "patient": self.slot.patient,
+            "study": self.slot.study,
+            "series": self.slot.series,
+            "path": self.rel,
+            "series_instance_uid": str(self.series_uid),
+            "frame_of_reference_uid": str(self.frame_uid),
+            "series_number": self.number,
+            "description": self.description,
+            "instances": self.files,
+            "rows": self.matrix[0],
+            "columns": self.matrix[1],
+            "spacing_mm": list(self.geometry.spacing),
+            "encoding": asdict(self.encoding),
+            "clipped_pixels": self.clipped,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _code_item(code: CodedConcept) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _ds(value: float) -> str:
+    """A DS string (≤ 16 characters) for ``value``."""
+    text = f"{value:.10g}"
+    if len(text) > 16:
+        text = f"{value:.6e}"
+    return text
+
+
+def _da(d: dt.date) -> str:
+    return d.strftime("%Y%m%d")
+
+
+def _tm(t: dt.time) -> str:
+    return t.strftime("%H%M%S")
+
+
+def _prepare_output(out_dir: Path, force: bool) -> None:
+    """Create ``out_dir`` or check it is empty; with ``force`` remove a previous run's files.
+
+    Only files listed in a previous medsynth manifest (plus its DICOMDIR and manifest) are
+    removed, and only when they resolve inside ``out_dir``; nothing else is touched.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError("exists and is not a folder", out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise OutputError("output folder is not empty (use --force to write into it)", out_dir)
+        _remove_previous_run(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output folder: {err.strerror}", out_dir) from None
+
+
+def _remove_previous_run(out_dir: Path) -> None:
+    manifest = out_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+        paths = [f["path"] for f in old.get("files", [])] + ["DICOMDIR", MANIFEST_NAME]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    root = out_dir.resolve()
+    for rel in paths:
+        target = (out_dir / rel).resolve()
+        if root in target.parents and target.is_file():
+            target.unlink()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------------------------
+
+
+class SyntheticStudyWriter:
+    """Streams slices into a synthetic DICOM file-set under ``out_dir``.
+
+    Call :meth:`begin_series` for each series (any order of patients/studies within the plan of
+    ``options``), then :meth:`write_slice` for each of its slices (each file is written to a
+    temporary name and renamed at once), then :meth:`finish`. Use it as a context manager so that
+    an exception or Ctrl-C still leaves a manifest of the complete files and no partial file.
+
+    Layout: ``PTpppppp/STssssss/SEeeeeee/IMiiiiii`` (File IDs that a DICOMDIR can reference),
+    ``DICOMDIR`` and ``manifest.json`` at the top.
+    """
+
+    def __init__(self, out_dir: str | Path, preset: Preset, options: WriterOptions | None = None,
+                 provenance: Provenance | None = None, force: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.preset = preset
+        self.options = options or WriterOptions()
+        self.provenance = provenance or Provenance()
+        self.force = force
+        self._uids = UidFactory(self.options.uid_root, self.options.seed)
+        self._entropy = run_entropy(self.options.seed)
+        self._files: list[FileRecord] = []
+        self._series: list[_Series] = []
+        self._current: _Series | None = None
+        self._patients: dict[int, tuple[PatientIdentity, UID, int]] = {}  # index -> (id, -, dir idx)
+        self._studies: dict[tuple[int, int], tuple[StudyIdentity, UID, int, int]] = {}
+        self._series_count: dict[tuple[int, int], int] = {}
+        self._slot_used: set[SeriesSlot] = set()
+        self._finished = False
+        self._manifest: dict[str, Any] | None = None
+        self._now = dt.datetime.now().replace(microsecond=0)
+        #: extra JSON-ready entries the caller wants in the manifest (e.g. an intensity rescale)
+        self.manifest_extra: dict[str, Any] = {}
+        _prepare_output(self.out_dir, force)
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> SyntheticStudyWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._finished:
+            return
+        if exc_type is None:
+            self.finish()
+        else:
+            self._write_manifest(complete=False, error=exc_type.__name__)
+
+    # -- public API -------------------------------------------------------------------------
+    @property
+    def files(self) -> list[FileRecord]:
+        """The complete files written so far."""
+        return list(self._files)
+
+    def begin_series(self, geometry: VolumeGeometry, matrix: tuple[int, int], *, patient: int = 0,
+                     study: int = 0, description: str | None = None,
+                     encoding: PixelEncoding | None = None,
+                     windows: tuple[Window, ...] | None = None) -> SeriesSlot:
+        """Start a new series of ``patient``/``study`` (0-based, within the options' plan).
+
+        ``geometry`` places slice ``k`` at ``geometry.slice_position(k)`` (LPS, mm) with
+        ``geometry.spacing`` (column, row, slice spacing in mm); ``matrix`` is (rows, columns).
+        ``encoding`` defaults to the preset's (values outside it are clipped and counted in the
+        manifest); ``windows`` to the preset's. Returns the series' slot.
+        """
+        self._check_open()
+        if not 0 <= patient < self.options.patients:
+            raise ConfigError(f"patient index {patient} outside 0..{self.options.patients - 1}")
+        if not 0 <= study < self.options.studies_per_patient:
+            raise ConfigError(f"study index {study} outside 0..{self.options.studies_per_patient - 1}")
+        rows, cols = (int(v) for v in matrix)
+        if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
+            raise InputError(f"image matrix {matrix} must be 1..65535 pixels each way")
+        series_index = self._series_count.get((patient, study), 0)
+        if series_index >= self.options.series_per_study:
+            raise ConfigError(
+                f"patient {patient} study {study} already has {series_index} series "
+                f"(series per study = {self.options.series_per_study})")
+        self._series_count[(patient, study)] = series_index + 1
+        slot = SeriesSlot(patient, study, series_index)
+
+        pat, pat_dir = self._patient(patient)
+        stu, study_uid, stu_dir = self._study(patient, study)
+        rel = f"PT{pat_dir:06d}/ST{stu_dir:06d}/SE{series_index:06d}"
+        enc = encoding or PixelEncoding.for_preset(self.preset)
+        desc = description or self.preset.series_description
+        series = _Series(
+            slot=slot, dir=self.out_dir / rel, rel=rel,
+            series_uid=self._uids.uid("series", patient, study, series_index),
+            frame_uid=self._uids.uid("frame", patient, study, series_index),
+            number=series_index + 1, geometry=geometry, matrix=(rows, cols), encoding=enc,
+            template=Dataset(), description=desc,
+        )
+        series.template = self._series_template(series, pat, stu, study_uid, windows or self.preset.windows)
+        series.dir.mkdir(parents=True, exist_ok=True)
+        self._series.append(series)
+        self._current = series
+        return slot
+
+    def write_slice(self, index: int, pixels: npt.ArrayLike) -> FileRecord:
+        """Write slice ``index`` (0-based position along the slice normal) of the current series.
+
+        ``pixels``: 2D float array ``[rows, cols]`` in physical units (HU for CT). Raises
+        InputError for a wrong shape or non-finite values; the file is complete on return.
+        """
+        self._check_open()
+        series = self._current
+        if series is None:
+            raise DicomWriteError("write_slice() called before begin_series()")
+        arr = np.asarray(pixels)
+        if arr.ndim != 2 or arr.shape != series.matrix:
+            raise InputError(f"slice {index} has shape {arr.shape}, expected {series.matrix}")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputError(f"slice {index} is not a real-valued numeric array (dtype {arr.dtype})")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"slice {index} contains NaN or infinite values")
+        if not 0 <= index < 100000 or index in series.written:
+            raise InputError(f"slice index {index} is out of range or was already written")
+        stored, clipped = series.encoding.encode(arr)
+        series.clipped += clipped
+
+        ds = Dataset(dict(series.template.items()))  # shallow: template elements are never modified
+        sop_uid = self._uids.uid("instance", series.slot.patient, series.slot.study, series.slot.series, index)
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = index + 1
+        if self.preset.modality is not Modality.DX:
+            pos = series.geometry.slice_position(index)
+            ds.ImagePositionPatient = [_ds(v) for v in pos]
+            ds.SliceLocation = _ds(float(np.dot(pos, series.geometry.slice_normal)))
+        lo, hi = int(stored.min()), int(stored.max())
+        vr = "SS" if series.encoding.signed else "US"
+        ds.add_new(0x00280106, vr, lo)  # SmallestImagePixelValue
+        ds.add_new(0x00280107, vr, hi)  # LargestImagePixelValue
+        ds.PixelData = stored.tobytes()
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
+        ds.file_meta = meta
+
+        name = f"IM{series.files:06d}"
+        final = series.dir / name
+        tmp = series.dir / f".{name}.partial"
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, final)
+        except OSError as err:
+            raise OutputError(f"cannot write: {err.strerror}", final) from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        series.written.add(index)
+        series.files += 1
+        record = FileRecord(
+            path=f"{series.rel}/{name}",
+            patient_id=str(ds.PatientID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(series.series_uid),
+            sop_instance_uid=str(sop_uid),
+            sop_class_uid=self.preset.sop_class.value,
+            instance_number=index + 1,
+        )
+        self._files.append(record)
+        return record
+
+    def finish(self) -> dict[str, Any]:
+        """Write the DICOMDIR and ``manifest.json``; return the manifest (see ``manifest.json``)."""
+        self._check_open()
+        if self._files:
+            self._write_dicomdir()
+        return self._write_manifest(complete=True)
+
+    # -- internals --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._finished:
+            raise DicomWriteError("the writer is already finished")
+
+    def _patient(self, index: int) -> tuple[PatientIdentity, int]:
+        if index not in self._patients:
+            ident = make_patient(self.options.identity, self._entropy, index)
+            self._patients[index] = (ident, self._uids.uid("patient", index), len(self._patients))
+        ident, _, dir_idx = self._patients[index]
+        return ident, dir_idx
+
+    def _study(self, patient: int, index: int) -> tuple[StudyIdentity, UID, int]:
+        key = (patient, index)
+        if key not in self._studies:
+            ident = make_study(self.options.identity, self._entropy, patient, index)
+            n = sum(1 for (p, _) in self._studies if p == patient)
+            self._studies[key] = (ident, self._uids.uid("study", patient, index), n, 0)
+        ident, uid, dir_idx, _ = self._studies[key]
+        return ident, uid, dir_idx
+
+    def _timestamp(self, study: StudyIdentity) -> dt.datetime:
+        """Creation time: fixed from the study when seeded (reproducible), else now."""
+        if self.options.seed is not None:
+            return dt.datetime.combine(study.date, study.time) + dt.timedelta(minutes=30)
+        return self._now
+
+    def _series_template(self, series: _Series, pat: PatientIdentity, stu: StudyIdentity, study_uid: UID,
+                         windows: tuple[Window, ...]) -> Dataset:
+        """Every attribute shared by the series' instances (per-slice ones are added later)."""
+        p = self.preset
+        prov = self.provenance
+        created = self._timestamp(stu)
+        geom = series.geometry
+        rows, cols = series.matrix
+        enc = series.encoding
+        ds = Dataset()
+
+        # SOP Common
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = UID(p.sop_class.value)
+        ds.InstanceCreationDate = created.strftime("%Y%m%d")
+        ds.InstanceCreationTime = created.strftime("%H%M%S")
+        equip = Dataset()
+        equip.Manufacturer = MANUFACTURER
+        equip.ManufacturerModelName = f"medsynth {prov.model_id or 'to-dicom'}"[:64]
+        equip.SoftwareVersions = prov.software_version
+        equip.ContributionDateTime = created.strftime("%Y%m%d%H%M%S")
+        equip.ContributionDescription = prov.describe()[:1024]
+        equip.PurposeOfReferenceCodeSequence = Sequence([_code_item(SYNTHESIZING_EQUIPMENT)])
+        ds.ContributingEquipmentSequence = Sequence([equip])
+
+        # Patient (synthetic identity, de-identification markers)
+        ds.PatientName = pat.name
+        ds.PatientID = pat.patient_id
+        ds.IssuerOfPatientID = MANUFACTURER
+        ds.PatientBirthDate = _da(pat.birth_date)
+        ds.PatientSex = pat.sex
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = [
+            "medsynth synthetic identity, dates and UIDs",
+            "no header text copied from any input",
+        ]
+        # Only the Basic Profile applies: nothing is retained (no dates, UIDs, device identity,
+        # patient characteristics or descriptors from a source), so no retain/clean option is claimed.
+        ds.DeidentificationMethodCodeSequence = Sequence([_code_item(BASIC_PROFILE)])
+        ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+        # General Study / Patient Study
+        ds.StudyInstanceUID = study_uid
+        ds.StudyDate = _da(stu.date)
+        ds.StudyTime = _tm(stu.time)
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = stu.study_id
+        ds.AccessionNumber = stu.accession
+        ds.StudyDescription = p.study_description
+        ds.PatientAge = age_string(pat.age_years)
+
+        # General Series
+        ds.Modality = p.modality.value
+        ds.SeriesInstanceUID = series.series_uid
+        ds.SeriesNumber = series.number
+        ds.SeriesDate = _da(stu.date)
+        ds.SeriesTime = _tm(stu.time)
+        ds.SeriesDescription = series.description[:64]
+        ds.BodyPartExamined = p.body_part_examined
+        ds.SyntheticData = "YES"
+        if p.modality is not Modality.DX:
+            ds.PatientPosition = "HFS"
+
+        # General Equipment
+        ds.Manufacturer = MANUFACTURER
+        ds.ManufacturerModelName = equip.ManufacturerModelName
+        ds.SoftwareVersions = prov.software_version
+
+        # General Image / General Reference
+        ds.ContentDate = _da(stu.date)
+        ds.ContentTime = _tm(stu.time)
+        ds.AcquisitionNumber = 1
+        ds.DerivationDescription = prov.describe()[:1024]
+        ds.BurnedInAnnotation = "NO"
+        ds.RecognizableVisualFeatures = "NO"
+        ds.LossyImageCompression = "00"
+        ds.AnatomicRegionSequence = Sequence([_code_item(p.anatomic_region)])
+
+        # Image Pixel
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.BitsAllocated = 16
+        ds.BitsStored = enc.bits_stored
+        ds.HighBit = enc.bits_stored - 1
+        ds.PixelRepresentation = 1 if enc.signed else 0
+
+        # VOI LUT: multi-valued windows, in the units after the modality LUT (HU for CT)
+        ds.WindowCenter = [_ds(w.center) for w in windows]
+        ds.WindowWidth = [_ds(w.width) for w in windows]
+        ds.WindowCenterWidthExplanation = [w.explanation for w in windows]
+
+        row_sp, col_sp = geom.spacing[1], geom.spacing[0]
+        if p.modality is Modality.DX:
+            self._dx_modules(ds, row_sp, col_sp)
+        else:
+            # Frame of Reference + Image Plane
+            ds.FrameOfReferenceUID = series.frame_uid
+            ds.PositionReferenceIndicator = ""
+            ds.PixelSpacing = [_ds(row_sp), _ds(col_sp)]
+            ds.ImageOrientationPatient = [_ds(v) for v in (*geom.row_cosines, *geom.column_cosines)]
+            ds.SliceThickness = _ds(geom.spacing[2])
+            ds.SpacingBetweenSlices = _ds(geom.spacing[2])
+            if p.modality is Modality.CT:
+                self._ct_module(ds, enc)
+            else:
+                self._mr_module(ds)
+
+        self._private_block(ds)
+        return ds
+
+    def _ct_module(self, ds: Dataset, enc: PixelEncoding) -> None:
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.RescaleIntercept = _ds(enc.rescale_intercept)
+        ds.RescaleSlope = _ds(enc.rescale_slope)
+        ds.RescaleType = "HU"
+        ds.KVP = ""
+
+    def _mr_module(self, ds: Dataset) -> None:
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        # No real acquisition happened: type 1 attributes say so ("RM" research mode, no
+        # variant), type 2 acquisition parameters are left empty rather than invented.
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+        ds.ImagedNucleus = "1H"
+
+    def _dx_modules(self, ds: Dataset, row_sp: float, col_sp: float) -> None:
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ImageLaterality = "U"
+        ds.PatientOrientation = ["L", "F"]
+        ds.ViewPosition = "PA"
+        ds.PixelIntensityRelationship = "LIN"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "US"
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.ImagerPixelSpacing = [_ds(row_sp), _ds(col_sp)]
+        ds.PixelSpacing = [_ds(row_sp), _ds(col_sp)]
+        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.PixelSpacingCalibrationDescription = "synthetic image: nominal spacing of the model"
+        ds.ViewCodeSequence = Sequence([_code_item(PA_VIEW)])
+        ds.PositionerType = ""
+        ds.DetectorType = ""
+        ds.KVP = ""
+        ds.AcquisitionContextSequence = Sequence([])
+
+    def _private_block(self, ds: Dataset) -> None:
+        prov = self.provenance
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+        values: dict[str, Any] = prov.to_json()
+        for key, value in values.items():
+            offset, vr = PRIVATE_TAGS[key]
+            if vr == "IS":
+                block.add_new(offset, vr, int(value))
+            elif vr == "DS":
+                block.add_new(offset, vr, _ds(float(value)))
+            else:
+                block.add_new(offset, vr, str(value)[:64])
+        offset, vr = PRIVATE_TAGS["json"]
+        block.add_new(offset, vr, json.dumps(values, sort_keys=True))
+
+    def _write_dicomdir(self) -> None:
+        """Write DICOMDIR with pydicom's FileSet, without copying the image files.
+
+        ``FileSet.write`` copies every staged instance into its own ``PT/ST/SE/IM`` layout. The
+        image files already sit at exactly those File IDs (same insertion order), so the FileSet
+        is fed header-only copies (no pixel data) and written into a scratch folder inside the
+        output folder; its DICOMDIR is checked against the real files and moved into place.
+        """
+        from pydicom import dcmread
+        from pydicom.fileset import FileSet
+
+        fs = FileSet()
+        fs.ID = "MEDSYNTH"
+        fs.UID = self._uids.uid("fileset")
+        expected: dict[str, str] = {}
+        for rec in self._files:
+            header = dcmread(self.out_dir / rec.path, stop_before_pixels=True)
+            inst = fs.add(header)
+            expected[rec.sop_instance_uid] = rec.path
+        scratch = self.out_dir / ".dicomdir-staging"
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        try:
+            fs.write(scratch)
+            for inst in fs:
+                file_id = Path(inst.FileID).as_posix()
+                if expected.get(inst.SOPInstanceUID) != file_id:
+                    raise DicomWriteError(
+                        f"DICOMDIR File ID {file_id} does not match {expected.get(inst.SOPInstanceUID)}")
+            data = (scratch / "DICOMDIR").read_bytes()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        _atomic_write_bytes(self.out_dir / "DICOMDIR", data)
+
+    def _write_manifest(self, complete: bool, error: str | None = None) -> dict[str, Any]:
+        self._finished = True
+        manifest: dict[str, Any] = {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "software": f"medsynth {__version__}",
+            "complete": complete,
+            "preset": self.preset.name,
+            "modality": self.preset.modality.value,
+            "sop_class_uid": self.preset.sop_class.value,
+            "seed": self.options.seed,
+            "uid_root": normalise_root(self.options.uid_root) or "2.25.",
+            "provenance": self.provenance.to_json(),
+            "private_block": {"group": f"{PRIVATE_GROUP:04X}", "creator": PRIVATE_CREATOR},
+            "dicomdir": "DICOMDIR" if complete and self._files else None,
+            "patients": len(self._patients),
+            "studies": len(self._studies),
+            "series": [s.summary() for s in self._series],
+            "files": [asdict(f) for f in self._files],
+        }
+        if self.options.seed is None:
+            manifest["created"] = self._now.isoformat()
+        if error:
+            manifest["error"] = error
+        manifest.update(self.manifest_extra)
+        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+        _atomic_write_bytes(self.out_dir / MANIFEST_NAME, text.encode("utf-8"))
+        self._manifest = manifest
+        return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# One call for a whole volume
+# --------------------------------------------------------------------------------------------
+
+
+def _as_right_handed(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
+    """Flip the slice axis of a left-handed volume so slices step along row × column.
+
+    DICOM readers reconstruct the slice direction as the cross product of the row and column
+    cosines; writing a left-handed volume as-is would make them read it mirrored in z.
+    """
+    m = geometry.matrix
+    if np.dot(np.cross(m[:, 0], m[:, 1]), m[:, 2]) > 0:
+        return volume, geometry
+    n = volume.shape[0]
+    new_origin = geometry.slice_position(n - 1)
+    d = m.copy()
+    d[:, 2] = -d[:, 2]
+    flipped = VolumeGeometry(origin=new_origin, spacing=geometry.spacing,
+                             direction=tuple(float(v) for v in d.reshape(-1)))  # type: ignore[arg-type]
+    return volume[::-1], flipped
+
+
+def _fit_volume(volume: np.ndarray, preset: Preset) -> tuple[np.ndarray, PixelEncoding, tuple[Window, ...] | None, dict[str, Any] | None]:
+    """Choose the encoding that keeps ``volume`` exact where possible.
+
+    CT: integer HU round-trip exactly (12-bit preset encoding, or 16-bit signed when the range
+    needs it); fractional HU are rounded. MR/DX: integer data that fit 16 bits are kept exactly;
+    anything else (fractional or out-of-range scanner units) is mapped linearly onto the preset's
+    range and the mapping is recorded in the manifest (``intensity_rescaled``). Returns the
+    (possibly rescaled) volume, the encoding, windows (None = preset's) and the rescale record.
+    """
+    lo, hi = float(volume.min()), float(volume.max())
+    integral = bool(np.all(volume == np.rint(volume)))
+    if preset.modality is Modality.CT:
+        return volume, PixelEncoding.fit(preset, lo, hi), None, None
+    rescale = None
+    if not integral or lo < 0 and preset.modality is Modality.DX or lo < -32768 or hi > 65535:
+        plo, phi = preset.intensity.physical_low, preset.intensity.physical_high
+        scale = (phi - plo) / (hi - lo) if hi > lo else 1.0
+        offset = plo - lo * scale
+        volume = volume * scale + offset
+        rescale = {"scale": scale, "offset": offset, "input_range": [lo, hi]}
+        lo, hi = float(volume.min()), float(volume.max())
+    enc = PixelEncoding.fit(preset, lo, hi)
+    # The preset's windows assume its range; data far narrower get a window over their own range.
+    windows: tuple[Window, ...] | None = None
+    span = preset.intensity.physical_high - preset.intensity.physical_low
+    if hi - lo < 0.5 * span or hi > preset.intensity.physical_high:
+        p1, p99 = (float(v) for v in np.percentile(volume, [1.0, 99.0]))
+        if p99 <= p1:
+            p1, p99 = lo, max(hi, lo + 1.0)
+        windows = (Window((p1 + p99) / 2.0, p99 - p1, "DATA RANGE"),)
+    return volume, enc, windows, rescale
+
+
+def write_volume(volume: npt.ArrayLike, geometry: VolumeGeometry, preset: Preset, out_dir: str | Path,
+                 options: WriterOptions | None = None, provenance: Provenance | None = None,
+                 force: bool = False, on_slice: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write a volume ``[z, y, x]`` (or one slice ``[y, x]``) in physical units as a DICOM file-set.
+
+    The input geometry is kept (matrix, spacing, origin, direction). Every series of the
+    ``options`` plan (patients × studies × series) gets the same pixels under its own identity
+    and UIDs. ``on_slice(n)`` is called after each file with the number of files written so far
+    (for progress bars). Returns the manifest (also written to ``out_dir/manifest.json``).
+    """
+    arr = np.asarray(volume)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise InputError(f"expected a 2D slice or a 3D [z, y, x] volume, got shape {np.shape(volume)}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype == np.bool_:
+        raise InputError(f"expected real numeric voxels, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("the volume contains NaN or infinite values")
+    arr, geometry = _as_right_handed(arr, geometry)
+    arr, encoding, windows, rescale = _fit_volume(arr, preset)
+    options = options or WriterOptions()
+    with SyntheticStudyWriter(out_dir, preset, options, provenance, force=force) as writer:
+        if rescale is not None:
+            writer.manifest_extra["intensity_rescaled"] = rescale
+        done = 0
+        for slot in options.slots():
+            writer.begin_series(geometry, (arr.shape[1], arr.shape[2]), patient=slot.patient,
+                                study=slot.study, encoding=encoding, windows=windows)
+            for k in range(arr.shape[0]):
+                writer.write_slice(k, arr[k])
+                done += 1
+                if on_slice is not None:
+                    on_slice(done)
+        manifest = writer.finish()
+    return manifest
