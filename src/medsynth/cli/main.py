@@ -17,6 +17,7 @@ from medsynth import __version__
 COMMANDS: dict[str, str] = {
     "push": "medsynth.cli.push:push",
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
+    "prepare": "medsynth.cli.prepare:prepare",
 }
 
 # one-line help shown in `medsynth --help` without importing the command's module
