@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "push": "medsynth.cli.push:push",
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
     "prepare": "medsynth.cli.prepare:prepare",
+    "train": "medsynth.cli.train:train",
 }
 
 # one-line help shown in `medsynth --help` without importing the command's module

@@ -1,0 +1,564 @@
+"""The training loop behind ``medsynth train``.
+
+One step: draw a batch (deterministic in ``seed`` and the step number, so a resumed run sees the
+same batches as an uninterrupted one), augment it (small contrast jitter around the air level,
+small translation with edge replication; no flips, anatomy has a side), add noise with MONAI's
+``DDPMScheduler``, predict ε or v (``get_velocity``) with the UNet under bf16/fp16 autocast, take an
+AdamW step with gradient clipping, update the EMA weights. Every random draw of a step comes from a
+``torch.Generator`` seeded by (seed, step), so resuming is bitwise exact on the same machine and
+thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from medsynth import __version__
+from medsynth.dataset import PreparedDataset, load_dataset
+from medsynth.errors import CheckpointError, ConfigError, DatasetError, DeviceError, OutputError
+from medsynth.presets import Preset, get_preset
+from medsynth.training.checkpoint import (
+    CONFIG_NAME,
+    LOG_NAME,
+    RUN_INFO_NAME,
+    STATE_NAME,
+    WEIGHTS_NAME,
+    load_checkpoint,
+    load_state_strict,
+    read_run,
+    restore_rng,
+    save_checkpoint,
+)
+from medsynth.training.config import RESUMABLE_OPTIM_FIELDS, TrainConfig, load_config_file, save_config
+from medsynth.training.model import Denoiser, build_denoiser, ddim_sample, ddpm_scheduler
+
+StopReason = Literal["completed", "time_budget", "interrupted", "already_done"]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a ``medsynth train`` invocation did (``--json`` prints :meth:`to_json`)."""
+
+    run_dir: Path
+    dataset: Path
+    start_step: int
+    steps_done: int
+    steps_target: int
+    stopped: StopReason
+    last_loss: float | None
+    wall_seconds: float
+    total_train_seconds: float
+    images_per_second: float
+    device: str
+    precision: str
+    hardware: str
+    checkpoint: Path
+    sample_grids: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "dataset": str(self.dataset),
+            "start_step": self.start_step,
+            "steps_done": self.steps_done,
+            "steps_target": self.steps_target,
+            "stopped": self.stopped,
+            "last_loss": self.last_loss,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "total_train_seconds": round(self.total_train_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "device": self.device,
+            "precision": self.precision,
+            "hardware": self.hardware,
+            "checkpoint": str(self.checkpoint),
+            "sample_grids": [str(p) for p in self.sample_grids],
+            "warnings": list(self.warnings),
+            "config": self.config,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and data checks
+
+
+def resolve_config(
+    run_dir: Path,
+    resume: bool,
+    config_file: str | Path | None,
+    overrides: dict[str, Any] | None,
+) -> TrainConfig:
+    """The configuration of this invocation: the run's own when resuming, else file + flags."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if resume:
+        saved, _ = read_run(run_dir)
+        if config_file is not None:
+            other = load_config_file(config_file)
+            if other != saved:
+                raise ConfigError("--config differs from the run's saved config.json; resume uses the saved one",
+                                  config_file)
+        for key, value in overrides.items():
+            sect, _, name = key.partition(".")
+            if sect == "optim" and name in RESUMABLE_OPTIM_FIELDS:
+                continue
+            if saved.with_overrides({key: value}) != saved:
+                raise ConfigError(f"{key} cannot change when resuming (the run was trained with another value)")
+        return saved.with_overrides(overrides)
+    base = load_config_file(config_file) if config_file is not None else TrainConfig()
+    return base.with_overrides(overrides)
+
+
+def check_dataset(ds: PreparedDataset, config: TrainConfig) -> tuple[Preset, list[str]]:
+    """Refuse a dataset the configuration cannot train on; return its preset and warnings."""
+    m = ds.manifest
+    mpath = ds.root / "manifest.json"
+    try:
+        preset = get_preset(m.preset)
+    except ConfigError as exc:
+        raise DatasetError(exc.message, mpath) from None
+    h, w = (int(s) for s in ds.slices.shape[1:])
+    if (h, w) != tuple(preset.matrix):
+        raise DatasetError(
+            f"slices are {h}x{w} but preset {preset.name} models {preset.matrix[0]}x{preset.matrix[1]}; "
+            "prepare the dataset again for this preset", ds.root)
+    f = config.model.downsample_factor
+    if h % f or w % f:
+        raise DatasetError(f"slices are {h}x{w}; a UNet with {len(config.model.channels)} levels needs sides "
+                           f"divisible by {f}", ds.root)
+    lo, hi = preset.intensity.physical_low, preset.intensity.physical_high
+    if not (math.isclose(m.physical_range[0], lo) and math.isclose(m.physical_range[1], hi)):
+        raise DatasetError(f"intensity range {list(m.physical_range)} {m.unit} does not match preset "
+                           f"{preset.name} ({lo}..{hi} {preset.intensity.unit})", mpath)
+    if len(set(m.labels)) != len(m.labels) or any(not lbl for lbl in m.labels):
+        raise DatasetError(f"label names must be unique and non-empty, got {list(m.labels)}", mpath)
+    counts = np.bincount(np.asarray(ds.labels), minlength=len(m.labels))
+    warnings = [f"label {lbl!r} has no slices in the dataset; the model will not learn it"
+                for lbl, c in zip(m.labels, counts, strict=True) if c == 0]
+    return preset, warnings
+
+
+def _check_resume_dataset(ds: PreparedDataset, info: dict[str, Any]) -> None:
+    run_manifest = info["manifest"]
+    run_labels = [str(x) for x in run_manifest.get("labels", [])]
+    missing = [lbl for lbl in run_labels if lbl not in ds.manifest.labels]
+    if missing:
+        raise DatasetError(f"dataset lacks label(s) {missing} that the run was trained with", ds.root)
+    if list(ds.manifest.labels) != run_labels:
+        raise DatasetError(f"dataset labels {list(ds.manifest.labels)} differ from the run's {run_labels}", ds.root)
+    if list(ds.manifest.matrix) != list(run_manifest.get("matrix", [])) or ds.manifest.preset != run_manifest.get(
+        "preset"
+    ):
+        raise DatasetError(
+            f"dataset is {ds.manifest.preset} {ds.manifest.matrix[0]}x{ds.manifest.matrix[1]} but the run was trained "
+            f"on {run_manifest.get('preset')} {run_manifest.get('matrix')}", ds.root)
+
+
+# ---------------------------------------------------------------------------------------------
+# devices and precision
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA was requested but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ConfigError("fp16 autocast is for CUDA; use bf16 or fp32 on the CPU")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def hardware_string(device: torch.device, threads: int) -> str:
+    """A human-readable description of what trained the model (CPU model or GPU name)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")  # Linux only; elsewhere platform.processor() is informative
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {threads} torch threads of {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class BatchSampler:
+    """Slice indices of each step: epoch-wise permutations of the dataset seeded by (seed, epoch).
+
+    The indices of step ``s`` depend only on ``seed``, ``s``, ``batch_size`` and the dataset size,
+    so a resumed run sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, npt.NDArray[np.int64]] = {}
+
+    def _perm(self, epoch: int) -> npt.NDArray[np.int64]:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> npt.NDArray[np.int64]:
+        start = step * self.batch_size
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for i in range(self.batch_size):
+            epoch, r = divmod(start + i, self.n)
+            out[i] = self._perm(epoch)[r]
+        return out
+
+
+def augment(x: torch.Tensor, jitter: float, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Anatomy-preserving augmentation of x [B, 1, H, W] in model space [-1, 1].
+
+    Contrast jitter keeps -1 (air / no signal) fixed: x' = -1 + (x + 1)(1 + a), a ~ U(-jitter,
+    jitter). Translation by up to ``max_shift`` pixels per axis replicates the border. No flips or
+    rotations: left and right are anatomy. (MONAI's random transforms draw from numpy's global
+    state per sample; this small hand-written version draws from the step's generator so resume
+    stays exact.)
+    """
+    b, _, h, w = x.shape
+    if jitter > 0:
+        a = (torch.rand((b, 1, 1, 1), generator=gen) * 2 - 1) * jitter
+        x = (-1.0 + (x + 1.0) * (1.0 + a)).clamp(-1.0, 1.0)
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=gen)
+        padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift), mode="replicate")
+        x = torch.stack([
+            padded[i, :, max_shift + int(dy): max_shift + int(dy) + h, max_shift + int(dx): max_shift + int(dx) + w]
+            for i, (dy, dx) in enumerate(shifts.tolist())
+        ])
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# sample grids
+
+
+def save_sample_grid(
+    path: Path,
+    model: Denoiser,
+    config: TrainConfig,
+    preset: Preset,
+    labels: tuple[str, ...],
+    device: torch.device,
+) -> Path:
+    """Sample ``sample_per_label`` images per label with DDIM from ``model`` (EMA) and save a PNG.
+
+    Rows are labels, columns samples (positions spread over 0.2..0.8 when position-conditioned),
+    shown in the preset's first display window.
+    """
+    from PIL import Image
+
+    per = config.optim.sample_per_label
+    n_lab = len(labels)
+    lab = torch.arange(n_lab, dtype=torch.long).repeat_interleave(per)
+    pos = None
+    if config.model.use_position:
+        pos = torch.linspace(0.2, 0.8, per).repeat(n_lab).to(torch.float32)
+    gen = torch.Generator().manual_seed(config.optim.seed)
+    h, w = preset.matrix
+    was_training = model.training
+    model.eval()
+    try:
+        imgs = ddim_sample(model, config.schedule, lab, pos, (h, w), config.optim.sample_steps, gen, device)
+    finally:
+        model.train(was_training)
+    phys = preset.intensity.to_physical(imgs[:, 0].float().cpu().numpy())
+    win = preset.windows[0]
+    lo, hi = win.center - win.width / 2, win.center + win.width / 2
+    grey = (np.clip((phys - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    grid = np.zeros((n_lab * h, per * w), dtype=np.uint8)
+    for i in range(n_lab * per):
+        r, c = divmod(i, per)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = grey[i]
+    img = Image.fromarray(grid)
+    scale = max(1, 128 // max(h, w))
+    if scale > 1:
+        img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    # Hand-written because torch's AveragedModel has no warm-up; parameters only (the UNet has no
+    # buffers that change in training).
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm.detach(), 1.0 - decay)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / STATE_NAME).is_file():
+            raise CheckpointError("nothing to resume: no checkpoint.json in the run folder", run_dir)
+        return
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise OutputError("output exists and is not a folder", run_dir)
+        if (run_dir / CONFIG_NAME).exists() or (run_dir / WEIGHTS_NAME).exists():
+            raise OutputError("already holds a training run; add --resume to continue it or choose another folder",
+                              run_dir)
+        if any(run_dir.iterdir()):
+            raise OutputError("output folder is not empty", run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder ({exc.strerror})", run_dir) from None
+
+
+def train(
+    dataset_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> TrainSummary:
+    """Train (or resume training) a denoiser on a prepared dataset; see the module docstring.
+
+    ``config`` (when given) is used as is for a new run; otherwise ``config_file`` and
+    ``overrides`` (``{"optim.steps": 100, ...}``) are resolved by :func:`resolve_config`.
+    """
+    t_start = time.monotonic()
+    dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
+    if config is not None and not resume:
+        cfg = config.validate()
+    else:
+        cfg = resolve_config(run_dir, resume, config_file, overrides)
+    ds = load_dataset(dataset_dir)
+    preset, warnings = check_dataset(ds, cfg)
+    info: dict[str, Any] | None = None
+    if resume:
+        _, info = read_run(run_dir)
+        _check_resume_dataset(ds, info)
+    device = pick_device(cfg.optim.device)
+    precision = pick_precision(cfg.optim.precision, device)
+    threads = cfg.optim.threads or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    _prepare_run_dir(run_dir, resume)
+    if not resume:
+        save_config(run_dir / CONFIG_NAME, cfg)
+        manifest = ds.manifest.to_json()
+        manifest.pop("slice_sources", None)
+        info = {
+            "dataset_path": str(dataset_dir.resolve()),
+            "manifest": manifest,
+            "num_slices": len(ds),
+            "slices_per_label": np.bincount(np.asarray(ds.labels), minlength=len(ds.manifest.labels)).tolist(),
+            "medsynth_version": __version__,
+            "warnings": warnings,
+        }
+        tmp = run_dir / f".{RUN_INFO_NAME}.partial"
+        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(run_dir / RUN_INFO_NAME)
+    else:
+        save_config(run_dir / CONFIG_NAME, cfg)  # resumable settings (steps, budget) may have changed
+
+    labels = tuple(ds.manifest.labels)
+    torch.manual_seed(cfg.optim.seed)
+    model = build_denoiser(cfg.model, len(labels)).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    start_step, prior_seconds = 0, 0.0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        load_state_strict(model, ckpt.model, "model", run_dir / WEIGHTS_NAME)
+        load_state_strict(ema, ckpt.ema, "EMA", run_dir / WEIGHTS_NAME)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"optimizer state does not match the model ({exc})", run_dir / WEIGHTS_NAME) from None
+        restore_rng(ckpt)
+        start_step, prior_seconds = ckpt.step, ckpt.train_seconds
+    scheduler = ddpm_scheduler(cfg.schedule)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    sampler = BatchSampler(len(ds), cfg.optim.batch_size, cfg.optim.seed)
+    steps_target = cfg.optim.steps
+    o = cfg.optim
+    hardware = hardware_string(device, threads)
+    out = console or Console(stderr=True)
+    grids: list[Path] = []
+    log_path = run_dir / LOG_NAME
+    stopped: StopReason = "completed" if start_step < steps_target else "already_done"
+    step = start_step
+    last_loss: float | None = None
+    loss_acc, loss_n = 0.0, 0
+    t_loop = time.monotonic()
+    t_window, imgs_window = time.monotonic(), 0
+    img_per_s = 0.0
+    budget_s = o.max_minutes * 60.0 if o.max_minutes > 0 else math.inf
+    model.train()
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir, step, prior_seconds + (time.monotonic() - t_loop), model, ema, optimizer)
+
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=out, disable=not progress) as bar, open(log_path, "a", encoding="utf-8") as log:
+        task = bar.add_task("train", total=steps_target, completed=start_step, loss="-", speed="-")
+        try:
+            while step < steps_target:
+                gen = torch.Generator().manual_seed(_step_seed(o.seed, step, 0))
+                idx = sampler.indices(step)
+                x0 = torch.from_numpy(np.ascontiguousarray(ds.slices[idx], dtype=np.float32)).unsqueeze(1)
+                cls = torch.from_numpy(np.asarray(ds.labels[idx], dtype=np.int64))
+                pos = torch.from_numpy(np.asarray(ds.positions[idx], dtype=np.float32))
+                if o.augment:
+                    x0 = augment(x0, o.intensity_jitter, o.max_shift_px, gen)
+                noise = torch.randn(x0.shape, generator=gen)
+                t = torch.randint(0, cfg.schedule.num_train_timesteps, (x0.shape[0],), generator=gen)
+                if o.label_dropout > 0:
+                    drop = torch.rand(x0.shape[0], generator=gen) < o.label_dropout
+                    cls = torch.where(drop, torch.full_like(cls, len(labels)), cls)
+                x0, noise, t, cls, pos = (v.to(device) for v in (x0, noise, t, cls, pos))
+                noisy = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
+                target = scheduler.get_velocity(x0, noise, t) if cfg.schedule.prediction_type == "v_prediction" else noise
+                for group in optimizer.param_groups:
+                    group["lr"] = o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_context(precision, device):
+                    pred = model(noisy, t, cls, pos if cfg.model.use_position else None)
+                pred = pred.float()
+                if o.loss == "huber":
+                    loss = F.huber_loss(pred, target, delta=o.huber_delta)
+                else:
+                    loss = F.mse_loss(pred, target)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"loss became {loss.item()} at step {step}; lower optim.lr or use fp32")
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if o.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                _ema_update(ema, model, min(o.ema_decay, (1 + step) / (10 + step)))
+                step += 1
+                loss_acc += float(loss.item())
+                loss_n += 1
+                imgs_window += x0.shape[0]
+                if step % max(1, o.log_every) == 0 or step == steps_target:
+                    now = time.monotonic()
+                    img_per_s = imgs_window / max(now - t_window, 1e-9)
+                    t_window, imgs_window = now, 0
+                    last_loss = loss_acc / loss_n
+                    loss_acc, loss_n = 0.0, 0
+                    log.write(json.dumps({"step": step, "loss": round(last_loss, 6), "lr": optimizer.param_groups[0]["lr"],
+                                          "img_per_s": round(img_per_s, 3),
+                                          "train_seconds": round(prior_seconds + now - t_loop, 3)}) + "\n")
+                    log.flush()
+                    bar.update(task, loss=f"{last_loss:.4f}", speed=f"{img_per_s:.1f}")
+                bar.update(task, completed=step)
+                if o.sample_every and step % o.sample_every == 0 and step < steps_target:
+                    grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset,
+                                                  labels, device))
+                if o.checkpoint_every and step % o.checkpoint_every == 0 and step < steps_target:
+                    checkpoint()
+                if time.monotonic() - t_start >= budget_s and step < steps_target:
+                    stopped = "time_budget"
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            checkpoint()
+            raise
+    if loss_n:
+        last_loss = loss_acc / loss_n
+    checkpoint()
+    if step > start_step or not (run_dir / "samples").is_dir():
+        grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset, labels, device))
+    total = prior_seconds + (time.monotonic() - t_loop)
+    done = step - start_step
+    loop_s = time.monotonic() - t_loop
+    return TrainSummary(
+        run_dir=run_dir,
+        dataset=dataset_dir,
+        start_step=start_step,
+        steps_done=step,
+        steps_target=steps_target,
+        stopped=stopped,
+        last_loss=last_loss,
+        wall_seconds=time.monotonic() - t_start,
+        total_train_seconds=total,
+        images_per_second=(done * o.batch_size / loop_s) if done and loop_s > 0 else img_per_s,
+        device=str(device),
+        precision=precision,
+        hardware=hardware,
+        checkpoint=run_dir / WEIGHTS_NAME,
+        sample_grids=tuple(grids),
+        warnings=tuple(warnings),
+        config=cfg.to_json(),
+    )
+
+
+def iter_log(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """The entries of ``train_log.jsonl`` (skipping a torn last line)."""
+    path = run_dir / LOG_NAME
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            yield json.loads(line)
