@@ -84,14 +84,18 @@ class DimseSender:
         from pynetdicom import evt
 
         opened: list[bool] = []
+        heard: list[bool] = []  # any ACSE PDU from the peer (tells a peer abort from our ACSE timeout)
 
         def _on_open(_event: Any) -> None:
             opened.append(True)
 
+        def _on_acse(_event: Any) -> None:
+            heard.append(True)
+
         t = self.target
         assoc = self.ae.associate(
             t.host, t.port, contexts=contexts, ae_title=t.called_aet,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_open), (evt.EVT_ACSE_RECV, _on_acse)],
         )
         if assoc.is_established:
             return assoc
@@ -107,7 +111,7 @@ class DimseSender:
             raise RemoteRefused(text)
         if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
             return assoc  # no context accepted: the caller reports it per instance
-        if assoc.is_aborted:
+        if assoc.is_aborted and heard:
             return f"association aborted by {t.called_aet}@{t.host}:{t.port} during negotiation"
         return f"no association response from {t.host}:{t.port} within {self.timeout_s:g} s"
 
