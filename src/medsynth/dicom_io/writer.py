@@ -857,9 +857,10 @@ def _fit_volume(volume: np.ndarray, preset: Preset) -> tuple[np.ndarray, PixelEn
     """Choose the encoding that keeps ``volume`` exact where possible.
 
     CT: integer HU round-trip exactly (12-bit preset encoding, or 16-bit signed when the range
-    needs it); fractional HU are rounded. MR/DX: integer data that fit 16 bits are kept exactly;
-    anything else (fractional or out-of-range scanner units) is mapped linearly onto the preset's
-    range and the mapping is recorded in the manifest (``intensity_rescaled``). Returns the
+    needs it); fractional HU are rounded. MR/DX: values that fit 16 bits (unsigned; MR also signed)
+    are rounded, so integers are kept exactly; values that do not fit, or fractional values
+    spanning less than 256 units (e.g. 0..1 floats), are mapped linearly onto the preset's range
+    and the mapping is recorded in the manifest (``intensity_rescaled``). Returns the
     (possibly rescaled) volume, the encoding, windows (None = preset's) and the rescale record.
     """
     lo, hi = float(volume.min()), float(volume.max())
@@ -867,7 +868,9 @@ def _fit_volume(volume: np.ndarray, preset: Preset) -> tuple[np.ndarray, PixelEn
     if preset.modality is Modality.CT:
         return volume, PixelEncoding.fit(preset, lo, hi), None, None
     rescale = None
-    if not integral or lo < 0 and preset.modality is Modality.DX or lo < -32768 or hi > 65535:
+    fits = (lo >= 0 and hi <= 65535) or (preset.modality is Modality.MR and lo >= -32768 and hi <= 32767)
+    coarse = not integral and hi - lo < 256  # rounding to integers would erase most of the contrast
+    if not fits or coarse:
         plo, phi = preset.intensity.physical_low, preset.intensity.physical_high
         scale = (phi - plo) / (hi - lo) if hi > lo else 1.0
         offset = plo - lo * scale
