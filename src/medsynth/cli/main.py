@@ -15,6 +15,7 @@ from medsynth import __version__
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "evaluate": "medsynth.cli.evaluate:evaluate",
     "push": "medsynth.cli.push:push",
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
     "prepare": "medsynth.cli.prepare:prepare",

@@ -1,0 +1,72 @@
+"""`medsynth evaluate`: synthetic images measured against real ones (thin wrapper over medsynth.evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medsynth.cli._common import echo_json, handle_errors
+
+
+@click.command("evaluate")
+@click.option("--real", "real", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Prepared dataset of real images (`medsynth prepare`): the reference.")
+@click.option("--synthetic", "synthetic", required=True, type=click.Path(path_type=Path),
+              help="Generated output folder (DICOM or NIfTI, `medsynth generate`) or a prepared dataset.")
+@click.option("--train", "train", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Prepared training dataset of the model: enables the memorisation check.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Report folder to write (report.json, report.html, PNGs); must be empty or absent.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the real-set split and subsampling.")
+@click.option("--max-images", default=500, show_default=True, type=click.IntRange(2, None),
+              help="At most this many synthetic images (and real-A images) are measured.")
+@click.option("--threshold", "threshold", default=0.95, show_default=True, type=click.FloatRange(0.0, 1.0,
+              min_open=True), help="Memorisation: SSIM at or above which a synthetic image counts as a copy.")
+@click.option("--force", is_flag=True, help="Replace an existing report folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the table.")
+@handle_errors
+def evaluate(real: Path, synthetic: Path, train: Path | None, output: Path, seed: int, max_images: int,
+             threshold: float, force: bool, as_json: bool) -> None:
+    """Measure synthetic images against real ones: SSIM/MSE (nearest and random pairs), diversity,
+    intensity histograms (KL, chi-square, CT tissue fractions), Fréchet distance on fixed features,
+    a classifier test for labelled data and, with --train, memorisation. Every number is printed
+    beside its real-vs-real baseline (two random halves of the real set).
+
+    \b
+    Examples:
+      medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest -o data/xr
+      medsynth generate --modality xr-chest --condition pneumonia -o gen/xr
+      medsynth evaluate --real data/xr --synthetic gen/xr --train data/xr -o report/
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from medsynth.evaluation import EvaluationConfig
+    from medsynth.evaluation import evaluate as run_evaluation
+    from medsynth.evaluation.report import rich_table
+
+    config = EvaluationConfig(seed=seed, max_query=max_images, memorisation_threshold=threshold)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=as_json) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        report = run_evaluation(real, synthetic, output, train=train, config=config, force=force,
+                                progress=on_progress)
+    if as_json:
+        echo_json(report.data)
+        return
+    out = Console()
+    out.print(rich_table(report.data))
+    skipped = report.data["inputs"]["synthetic"]["skipped"]
+    for note in skipped[:10]:
+        err.print(f"[yellow]skipped[/yellow] {note}")
+    if len(skipped) > 10:
+        err.print(f"[yellow]skipped[/yellow] … and {len(skipped) - 10} more (see report.json)")
+    out.print(f"Report: {output / 'report.html'}  ({report.data['elapsed_s']} s)")
