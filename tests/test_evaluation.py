@@ -1,0 +1,315 @@
+"""`medsynth evaluate`: metrics on known cases, built from real slices (CT NIfTI, PneumoniaMNIST)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medsynth.cli.main import cli
+from medsynth.dataset import DatasetManifest, SourceRecord, save_dataset
+from medsynth.errors import EvaluationError
+from medsynth.evaluation import EvaluationConfig, ImageSet, evaluate, evaluate_sets
+from medsynth.evaluation import metrics as M
+from medsynth.evaluation.features import frechet_distance, image_features, standardiser
+from medsynth.evaluation.inputs import load_real_dataset
+
+CT_RANGE = (-1024.0, 2047.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Test data: real slices, small
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct_slices(shared_data: Path) -> np.ndarray:
+    """The 112 axial slices of the abdomen/pelvis CT, padded square, area-downsampled to 64², model space."""
+    import SimpleITK as sitk
+
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz")))
+    hu = hu.astype(np.float32)
+    z, y, x = hu.shape
+    s = max(y, x)
+    sq = np.full((z, s, s), -1024.0, dtype=np.float32)
+    sq[:, (s - y) // 2 : (s - y) // 2 + y, (s - x) // 2 : (s - x) // 2 + x] = hu
+    small = M.area_downsample(sq, (64, 64))
+    return np.clip((small - CT_RANGE[0]) / (CT_RANGE[1] - CT_RANGE[0]) * 2 - 1, -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def xr(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """300 PneumoniaMNIST training images (150 per class), padded to the preset's 32², model space."""
+    d = np.load(shared_data / "xr" / "pneumoniamnist_28.npz")
+    imgs, labels = d["train_images"].astype(np.float32), d["train_labels"].ravel().astype(np.int64)
+    pick = np.concatenate([np.flatnonzero(labels == c)[:150] for c in (0, 1)])
+    x = np.pad(imgs[pick], ((0, 0), (2, 2), (2, 2)), mode="edge") / 255.0 * 2.0 - 1.0
+    return x.astype(np.float32), labels[pick]
+
+
+def _save(root: Path, slices: np.ndarray, labels: np.ndarray | None = None, *, ct: bool = True) -> Path:
+    n, h, w = slices.shape
+    labels = np.zeros(n, np.int64) if labels is None else labels
+    man = DatasetManifest(
+        preset="ct-pelvis" if ct else "xr-chest",
+        matrix=(h, w),
+        pixel_spacing_mm=(6.0, 6.0) if ct else (10.0, 10.0),
+        physical_range=CT_RANGE if ct else (0.0, 4095.0),
+        unit="HU" if ct else "US",
+        labels=("pelvis", "abdomen", "chest") if ct else ("normal", "pneumonia"),
+        sources=(SourceRecord("test", "0" * 64, n, "pelvis" if ct else "normal"),),
+        slice_sources=tuple([0] * n),
+    )
+    save_dataset(root, man, slices.astype(np.float32), labels, np.linspace(0, 1, n).astype(np.float32))
+    return root
+
+
+def _set(images: np.ndarray, labels: np.ndarray | None = None, ct: bool = True) -> ImageSet:
+    n = images.shape[0]
+    return ImageSet(Path("mem"), "dataset", images.astype(np.float32),
+                    np.zeros(n, np.int64) if labels is None else labels,
+                    ("pelvis", "abdomen", "chest") if ct else ("normal", "pneumonia"),
+                    CT_RANGE if ct else (0.0, 4095.0), "HU" if ct else "US", "ct-pelvis" if ct else "xr-chest")
+
+
+# --------------------------------------------------------------------------------------------
+# SSIM
+# --------------------------------------------------------------------------------------------
+
+
+def test_ssim_agrees_with_monai(ct_slices: np.ndarray) -> None:
+    torch = pytest.importorskip("torch")
+    from monai.metrics import SSIMMetric
+
+    a, b = ct_slices[10:16], ct_slices[40:46]
+    ref = SSIMMetric(spatial_dims=2, data_range=2.0, kernel_type="gaussian", win_size=7, kernel_sigma=1.5)(
+        torch.from_numpy(a[:, None]), torch.from_numpy(b[:, None])).numpy().ravel()
+    np.testing.assert_allclose(M.ssim_pairs(a, b), ref, atol=2e-5)
+    # the all-pairs form agrees with the pairwise form
+    np.testing.assert_allclose(np.diag(M.ssim_matrix(a, b)), ref, atol=2e-5)
+    assert M.ssim_matrix(a, b).shape == (6, 6)
+
+
+def test_identical_images_ssim_one_noise_low(ct_slices: np.ndarray) -> None:
+    x = ct_slices[50]
+    assert M.ssim(x, x) == pytest.approx(1.0, abs=1e-5)
+    noise = np.random.default_rng(0).uniform(-1, 1, size=(20, 64, 64)).astype(np.float32)
+    nn = M.nearest_ssim(noise, ct_slices)
+    assert nn.ssim.max() < 0.1  # noise looks like no real slice
+    assert M.mse_pairs(ct_slices[:5], ct_slices[:5]).max() == 0.0
+
+
+def test_coarse_search_matches_brute_force(ct_slices: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    q, pool = ct_slices[::2], ct_slices[1::2]
+    exact = M.nearest_ssim(q, pool)
+    assert exact.exact
+    monkeypatch.setattr(M, "EXACT_SEARCH_BUDGET", 0.0)
+    coarse = M.nearest_ssim(q, pool)
+    assert not coarse.exact
+    assert np.mean(coarse.index == exact.index) >= 0.95
+    np.testing.assert_allclose(coarse.ssim[coarse.index == exact.index], exact.ssim[coarse.index == exact.index],
+                               atol=1e-5)
+    assert np.all(coarse.ssim <= exact.ssim + 1e-5)
+
+
+def test_within_set_search_excludes_self(ct_slices: np.ndarray) -> None:
+    nn = M.nearest_ssim(ct_slices[:30], ct_slices[:30], exclude_self=True)
+    assert np.all(nn.index != np.arange(30))
+    assert nn.ssim.max() < 1.0
+    # adjacent 3 mm slices are each other's nearest neighbours
+    assert np.mean(np.abs(nn.index - np.arange(30)) == 1) > 0.8
+
+
+def test_bad_image_arrays_are_refused() -> None:
+    with pytest.raises(EvaluationError, match="NaN"):
+        M.ssim_pairs(np.full((1, 16, 16), np.nan), np.zeros((1, 16, 16)))
+    with pytest.raises(EvaluationError, match="smaller than"):
+        M.ssim_matrix(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
+    with pytest.raises(EvaluationError, match="differ"):
+        M.ssim_pairs(np.zeros((2, 16, 16)), np.zeros((3, 16, 16)))
+
+
+# --------------------------------------------------------------------------------------------
+# Distributions: identical sets, shifted intensities
+# --------------------------------------------------------------------------------------------
+
+
+def test_identical_sets_give_zero_divergences(ct_slices: np.ndarray) -> None:
+    edges = np.linspace(*CT_RANGE, 129)
+    hu = (ct_slices + 1) / 2 * (CT_RANGE[1] - CT_RANGE[0]) + CT_RANGE[0]
+    c = M.histogram_counts(hu, edges)
+    assert M.kl_divergence(c, c) == 0.0
+    chi = M.chi_square(c, c)
+    assert chi.statistic == pytest.approx(0.0, abs=1e-9) and chi.p_value == pytest.approx(1.0)
+    f = image_features(ct_slices)
+    mu, sd = standardiser(f)
+    z = (f - mu) / sd
+    assert frechet_distance(z, z) < 1e-6
+    assert M.total_variation(M.tissue_fractions(hu), M.tissue_fractions(hu)) == 0.0
+    nn = M.nearest_ssim(ct_slices, ct_slices)
+    assert np.allclose(nn.ssim, 1.0, atol=1e-5)
+    assert M.nn_ssim_kl(nn.ssim, nn.ssim) == 0.0
+
+
+def test_shifted_intensities_are_detected(ct_slices: np.ndarray) -> None:
+    a, b = ct_slices[0::2], ct_slices[1::2]
+    shift = 150.0 / (CT_RANGE[1] - CT_RANGE[0]) * 2  # +150 HU in model space
+    shifted = np.clip(b + shift, -1, 1)
+    rep_base = evaluate_sets(_set(ct_slices), _set(ct_slices[1::2]))  # real slices as "synthetic"
+    rep_shift = evaluate_sets(_set(ct_slices), _set(np.concatenate([shifted, np.clip(a + shift, -1, 1)])))
+    base, sh = rep_base.data["metrics"], rep_shift.data["metrics"]
+    assert sh["intensity"]["kl"]["synthetic"] > 10 * max(base["intensity"]["kl"]["synthetic"], 1e-3)
+    assert sh["intensity"]["kl"]["synthetic"] > 10 * sh["intensity"]["kl"]["baseline"]
+    assert sh["intensity"]["chi2_cramers_v"]["synthetic"] > 3 * sh["intensity"]["chi2_cramers_v"]["baseline"]
+    assert sh["intensity"]["chi2_test"]["synthetic"]["p_value"] < 1e-6
+    assert sh["frechet"]["synthetic"] > 2 * base["frechet"]["synthetic"]
+    assert sh["intensity"]["mean"]["synthetic"] - base["intensity"]["mean"]["synthetic"] == pytest.approx(150, abs=15)
+    tv = sh["tissue_fractions"]["total_variation"]
+    assert tv["synthetic"] > 3 * tv["baseline"]
+    # real slices measured as "synthetic" sit near their baseline
+    assert base["intensity"]["kl"]["synthetic"] < 3 * base["intensity"]["kl"]["baseline"] + 1e-3
+
+
+def test_tissue_fractions_classes() -> None:
+    hu = np.array([-1000, -700, -100, 40, 500, 200, -300], dtype=np.float64)
+    f = M.tissue_fractions(hu)
+    for k in ("air", "lung", "fat", "soft_tissue", "bone"):
+        assert f[k] == pytest.approx(1 / 7)
+    assert f["other"] == pytest.approx(2 / 7)
+
+
+# --------------------------------------------------------------------------------------------
+# Memorisation, diversity, classifier
+# --------------------------------------------------------------------------------------------
+
+
+def test_exact_copies_of_training_images_are_memorised(ct_slices: np.ndarray) -> None:
+    train = _set(ct_slices[::2])
+    copies = ct_slices[::2][5:25]
+    rep = evaluate_sets(_set(ct_slices), _set(copies), train)
+    memo = rep.data["metrics"]["memorisation"]
+    assert memo["fraction_above"]["synthetic"] == 1.0
+    assert memo["nearest_train_ssim"]["synthetic"] == pytest.approx(1.0, abs=1e-5)
+    assert memo["closest_pairs"][0]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert "closest_pairs.png" in rep.figures and "memorisation.png" in rep.figures
+    # held-out slices (odd ones) are not copies at 0.99, and noise is nowhere near
+    noise = np.random.default_rng(1).uniform(-1, 1, size=(10, 64, 64)).astype(np.float32)
+    mixed = np.concatenate([copies[:5], noise])
+    rep2 = evaluate_sets(_set(ct_slices), _set(mixed), train,
+                         EvaluationConfig(memorisation_threshold=0.99))
+    assert rep2.data["metrics"]["memorisation"]["fraction_above"]["synthetic"] == pytest.approx(5 / 15)
+    assert rep2.data["metrics"]["ssim_random"]["synthetic"] < 0.5 * rep2.data["metrics"]["ssim_random"]["baseline"]
+
+
+def test_mode_collapse_shows_in_diversity(ct_slices: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    collapsed = np.repeat(ct_slices[60:61], 40, axis=0) + rng.normal(0, 0.01, (40, 64, 64)).astype(np.float32)
+    rep = evaluate_sets(_set(ct_slices), _set(np.clip(collapsed, -1, 1)))
+    div = rep.data["metrics"]["diversity"]
+    assert div["within_set_nearest_ssim"]["synthetic"]["mean"] > div["within_set_nearest_ssim"]["real_b"]["mean"]
+    assert div["kl"]["synthetic"] > 5 * div["kl"]["baseline"]
+
+
+def test_classifier_test_on_labelled_xray(xr: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = xr
+    real = _set(x, y, ct=False)
+    good = evaluate_sets(real, _set(x, y, ct=False)).data["metrics"]["classifier"]
+    assert good["real_heldout"]["all"]["accuracy"] > 0.75  # the task is learnable from these features
+    assert set(good["real_heldout"]) == {"normal", "pneumonia", "all"}
+    swapped = evaluate_sets(real, _set(x, 1 - y, ct=False)).data["metrics"]["classifier"]
+    # images whose condition label does not match their content fail the test
+    assert swapped["synthetic"]["all"]["accuracy"] < 0.4
+    assert good["synthetic"]["all"]["accuracy"] > 0.75
+    assert evaluate_sets(_set(x), _set(x)).data["metrics"]["classifier"] is None  # one class only
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: datasets, generated DICOM and NIfTI, refusals; the CLI
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_report_and_json(tmp_path: Path, ct_slices: np.ndarray) -> None:
+    real = _save(tmp_path / "real", ct_slices)
+    syn = _save(tmp_path / "syn", np.clip(ct_slices[::3] + 0.02, -1, 1))
+    out = tmp_path / "report"
+    res = CliRunner().invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(syn), "--train", str(real),
+                                   "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert json.loads((out / "report.json").read_text()) == {**data}
+    for name in ("report.html", "sample_grid.png", "histograms.png", "nearest_ssim.png", "memorisation.png",
+                 "closest_pairs.png"):
+        assert (out / name).stat().st_size > 1000, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "real vs real (baseline)" in html
+    for key in ("ssim_nearest", "mse_nearest", "ssim_random", "diversity", "intensity", "tissue_fractions",
+                "frechet", "memorisation"):
+        assert data["metrics"][key] is not None, key
+    assert not list(tmp_path.glob(".report.*"))  # no temporary folder left behind
+    # table output, and a second run into the same folder is refused without --force
+    res2 = CliRunner().invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(syn), "-o", str(out)])
+    assert res2.exit_code != 0 and "not empty" in res2.output and "Traceback" not in res2.output
+    res3 = CliRunner().invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(syn), "-o", str(out),
+                                    "--force"])
+    assert res3.exit_code == 0, res3.output
+    assert "Fréchet" in res3.output and "baseline" in res3.output
+    assert json.loads((out / "report.json").read_text())["metrics"]["memorisation"] is None
+
+
+def test_generated_dicom_folder_is_read_in_physical_units(tmp_path: Path, ct_slices: np.ndarray) -> None:
+    from medsynth.dicom_io.geometry import VolumeGeometry
+    from medsynth.dicom_io.writer import Provenance, WriterOptions, write_volume
+    from medsynth.presets import get_preset
+
+    preset = get_preset("ct-pelvis")
+    hu = np.rint((ct_slices[20:40].astype(np.float64) + 1) / 2 * (CT_RANGE[1] - CT_RANGE[0]) + CT_RANGE[0])
+    geom = VolumeGeometry.axial(preset.matrix, preset.pixel_spacing_mm, preset.slice_thickness_mm, hu.shape[0])
+    write_volume(hu, geom, preset, tmp_path / "gen", WriterOptions(seed=3), Provenance(model_id="t", condition="abdomen"))
+    real = load_real_dataset(_save(tmp_path / "real", ct_slices))
+    from medsynth.evaluation.inputs import load_synthetic
+
+    syn = load_synthetic(tmp_path / "gen", real)
+    assert syn.kind == "dicom" and len(syn) == 20
+    assert np.all(syn.labels == 1)  # "abdomen", from the private block
+    # same slices back (slice order aside): every DICOM image has an identical real slice
+    nn = M.nearest_ssim(syn.images, ct_slices[20:40])
+    assert nn.ssim.min() > 0.999
+    assert np.abs(syn.images - ct_slices[20:40][nn.index]).max() < 1e-3
+    out = tmp_path / "rep"
+    rep = evaluate(tmp_path / "real", tmp_path / "gen", out)
+    assert rep.data["inputs"]["synthetic"]["kind"] == "dicom" and (out / "report.html").is_file()
+
+
+def test_nifti_input_and_refusals(tmp_path: Path, ct_slices: np.ndarray) -> None:
+    import SimpleITK as sitk
+
+    real = _save(tmp_path / "real", ct_slices)
+    hu = (ct_slices[:10] + 1) / 2 * (CT_RANGE[1] - CT_RANGE[0]) + CT_RANGE[0]
+    (tmp_path / "nii").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(hu.astype(np.float32)), str(tmp_path / "nii" / "s.nii.gz"))
+    (tmp_path / "nii" / "preview.png").write_bytes(b"not used")
+    rep = evaluate(real, tmp_path / "nii")
+    assert rep.data["inputs"]["synthetic"]["kind"] == "nifti" and rep.data["inputs"]["synthetic"]["images"] == 10
+    assert any("PNG" in s for s in rep.data["inputs"]["synthetic"]["skipped"])
+    # other matrix: refused with a clear one-line error, no report written
+    small = _save(tmp_path / "small", M.area_downsample(ct_slices, (32, 32)))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(small), "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "32x32" in res.output and "64x64" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()
+    # other unit: refused
+    xr_like = _save(tmp_path / "xr", ct_slices[:8], ct=False)
+    res = runner.invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(xr_like), "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "intensity space" in res.output
+    # not a dataset; an empty folder
+    res = runner.invoke(cli, ["evaluate", "--real", str(tmp_path / "nii"), "--synthetic", str(small),
+                              "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "prepared dataset" in res.output
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(cli, ["evaluate", "--real", str(real), "--synthetic", str(tmp_path / "empty"),
+                              "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "no usable synthetic images" in res.output
+    assert not (tmp_path / "o").exists()
