@@ -74,7 +74,7 @@ def _item(seq_parent: Any, seq: str, attr: str) -> Any:
 
 def _sop_class_name(ds: Any) -> str:
     uid = getattr(ds, "SOPClassUID", None)
-    if uid is None:
+    if not uid:  # some files leave it empty in the data set and keep it in the file meta only
         uid = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
     return str(getattr(uid, "name", uid or ""))
 
@@ -91,7 +91,7 @@ def _read_header(path: Path) -> Any:
             ds = pydicom.dcmread(path, defer_size=4096, force=True)
         except Exception:  # noqa: BLE001 - any parser failure means "not DICOM"
             ds = None
-        if ds is not None and "Rows" in ds and ("SOPClassUID" in ds or "PixelData" in ds):
+        if ds is not None and ("SOPClassUID" in ds or ("Rows" in ds and "PixelData" in ds)):
             return ds
         raise InputError("not a DICOM file (no DICM preamble, no image attributes)", path) from None
     except (OSError, EOFError) as exc:
@@ -259,6 +259,7 @@ def _stack(frames: list[_Frame], pixels: dict[tuple[Path, int], npt.NDArray[np.f
     order = np.argsort(dist, kind="stable")
     frames = [frames[i] for i in order]
     dist = dist[order]
+    first = frames[0]  # the inferior-most (lowest along the normal) slice defines the origin
     sy, sx = first.spacing or (1.0, 1.0)  # never None here (checked above)
     if any(fr.spacing is not None and not np.allclose(fr.spacing, (sy, sx), rtol=1e-3) for fr in frames):
         raise GeometryError("mixed series: slices have different PixelSpacing", path)
@@ -409,7 +410,9 @@ def iter_dicom_series(paths: Sequence[Path], *,
             else:
                 yield _stack(good, pixels, name)
         except MedsynthError as exc:
-            yield Skipped(exc.path or good[0].path.parent, f"{name}: {exc.message}")
+            files = {fr.path for fr in good}
+            reason = exc.message if len(files) == 1 else f"series {name} ({len(files)} files): {exc.message}"
+            yield Skipped(exc.path if len(files) == 1 and exc.path else good[0].path.parent, reason)
         finally:
             for fr in good:
                 fr.ds = None  # release the headers' deferred pixel buffers
