@@ -258,7 +258,7 @@ def test_dx_monochrome1_is_inverted(tmp_path: Path) -> None:
     m2 = _only(read_images([_dx_file(tmp_path / "m2.dcm", "MONOCHROME2")]).series)
     m1 = _only(read_images([_dx_file(tmp_path / "m1.dcm", "MONOCHROME1")]).series)
     assert m1.is_projection and m2.is_projection
-    assert 0.0 <= m2.voxels.min() and m2.voxels.max() <= 1.0
+    assert m2.voxels.min() >= 0.0 and m2.voxels.max() <= 1.0
     np.testing.assert_allclose(m1.voxels, 1.0 - m2.voxels, atol=1e-6)
     assert m1.geometry.spacing[:2] == pytest.approx((0.3, 0.2))
 
