@@ -119,6 +119,7 @@ def start_orthanc(
     users: dict[str, str] | None = None,
     lua: str | None = None,
     extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Orthanc:
     """Start Orthanc with a temporary config/storage under ``workdir``; wait until /system answers.
 
@@ -167,7 +168,8 @@ def start_orthanc(
     config = workdir / "orthanc.json"
     config.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - kept open for the child's lifetime
-    proc = subprocess.Popen([exe, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    child_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen([exe, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=child_env)
     log.close()
     o = Orthanc(proc, workdir, aet, dicom_port, http_port, dict(users or {}))
     deadline = time.monotonic() + 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,8 +87,14 @@ class DimseSender:
         opened: list[bool] = []
         heard: list[bool] = []  # any ACSE PDU from the peer (tells a peer abort from our ACSE timeout)
 
-        def _on_open(_event: Any) -> None:
+        def _on_open(event: Any) -> None:
             opened.append(True)
+            # Disable Nagle's algorithm: pynetdicom writes each C-STORE as several small PDUs and
+            # Nagle + the peer's delayed ACK then cost ~30 ms per instance (measured against Orthanc).
+            sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _on_acse(_event: Any) -> None:
             heard.append(True)

@@ -1,0 +1,119 @@
+"""Instances/s pushed to a local Orthanc: medsynth C-STORE, medsynth STOW-RS, dcmtk storescu.
+
+    python benchmarks/bench_push.py [--n 200] [--repeats 3] [--batch-size 50]
+
+Files: pydicom's CT_small.dcm (128×128 16-bit CT, ~39 KB) copied N times with new UIDs. Orthanc runs on
+loopback with a temporary storage (started and stopped here, by PID); it is emptied before every
+run so each run stores N new instances. Prints a Markdown table (median of the repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _orthanc import Orthanc, start_orthanc  # noqa: E402
+
+
+def make_files(folder: Path, n: int) -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src = dcmread(get_testdata_file("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    for k in range(n):
+        src.StudyInstanceUID, src.SeriesInstanceUID = study, series
+        src.SOPInstanceUID = generate_uid()
+        src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+        src.InstanceNumber = k + 1
+        src.save_as(folder / f"ct{k:05d}.dcm")
+
+
+def run_medsynth(o: Orthanc, folder: Path, state: Path, stow: bool, batch: int) -> float:
+    from medsynth.push import DimseTarget, PushConfig, StowAuth, StowTarget, push_folder
+
+    target = (StowTarget(f"{o.url}/dicom-web/studies", StowAuth("basic", "bench", "bench", "benchmark"))
+              if stow else DimseTarget("127.0.0.1", o.dicom_port, o.aet))
+    cfg = PushConfig(target, batch_size=batch, resume=False, state_path=state, timeout_s=60)
+    t0 = time.perf_counter()
+    report = push_folder(folder, cfg, progress=False)
+    dt = time.perf_counter() - t0
+    if not report.ok:
+        raise SystemExit(f"push failed: {report.to_json()['counts']} {report.errors}")
+    return dt
+
+
+def find_storescu() -> str:
+    """dcmtk's storescu (pynetdicom installs a Python script of the same name into venvs)."""
+    for cand in ("/usr/bin/storescu", shutil.which("storescu")):
+        if cand and Path(cand).is_file():
+            out = subprocess.run([cand, "--version"], capture_output=True, text=True).stdout
+            if "dcmtk" in out.lower():
+                return cand
+    raise SystemExit("dcmtk storescu not found (apt-get install dcmtk)")
+
+
+def run_storescu(o: Orthanc, folder: Path) -> float:
+    exe = find_storescu()
+    t0 = time.perf_counter()
+    subprocess.run([exe, "-aet", "STORESCU", "-aec", o.aet, "+sd", "127.0.0.1", str(o.dicom_port), str(folder)],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=50)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    files = tmp / "files"
+    files.mkdir()
+    make_files(files, args.n)
+    results: list[tuple[str, str, list[float]]] = []
+    # Orthanc's DICOM server (DCMTK) leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment.
+    for label, env in (("Orthanc default", {}), ("Orthanc with TCP_NODELAY=1", {"TCP_NODELAY": "1"})):
+        o = start_orthanc(tmp / f"orthanc{len(env)}", dicomweb=True, users={"bench": "bench"}, env=env)
+        try:
+            methods = {
+                f"medsynth push C-STORE (batch {args.batch_size})":
+                    lambda o=o: run_medsynth(o, files, tmp / "s.json", False, args.batch_size),
+                f"medsynth push C-STORE (batch {args.n}, one association)":
+                    lambda o=o: run_medsynth(o, files, tmp / "s.json", False, args.n),
+                f"medsynth push STOW-RS (batch {args.batch_size})":
+                    lambda o=o: run_medsynth(o, files, tmp / "s.json", True, args.batch_size),
+                "dcmtk storescu +sd (one association)": lambda o=o: run_storescu(o, files),
+            }
+            for name, fn in methods.items():
+                times = []
+                for _ in range(args.repeats):
+                    o.clear()
+                    times.append(fn())
+                    stored = len(o.get_json("/instances"))
+                    if stored != args.n:
+                        raise SystemExit(f"{name}: Orthanc holds {stored} instances, expected {args.n}")
+                results.append((label, name, times))
+                print(f"{label} | {name}: {[round(t, 2) for t in times]}", file=sys.stderr)
+        finally:
+            o.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n{args.n} × CT_small.dcm (128×128, 39 KB), Orthanc 1.10.1 on loopback, median of {args.repeats}\n")
+    print("| Orthanc | method | seconds | instances/s |")
+    print("|---|---|---|---|")
+    for label, name, times in results:
+        med = statistics.median(times)
+        print(f"| {label} | {name} | {med:.2f} | {args.n / med:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
