@@ -313,3 +313,96 @@ def test_nifti_input_and_refusals(tmp_path: Path, ct_slices: np.ndarray) -> None
                               "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "no usable synthetic images" in res.output
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Model packs: the evaluation harness, and every bundled pack against its thresholds
+# --------------------------------------------------------------------------------------------
+
+
+def _constant_pack(root: Path, image: np.ndarray, model_id: str, training: dict[str, object]) -> Path:
+    """A torch-free pack whose ONNX denoiser predicts x0 = ``image`` [H, W] whatever its input
+    (prediction_type "sample"): every sample it makes is that image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from medsynth.pack import NoiseScheduleConfig, PackMetadata, save_pack_metadata, sha256_file
+
+    h, w = image.shape
+    inputs = [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["B", 1, h, w]),
+              helper.make_tensor_value_info("timestep", TensorProto.INT64, ["B"]),
+              helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["B"])]
+    outputs = [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["B", 1, h, w])]
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    img = helper.make_tensor("img", TensorProto.FLOAT, [1, 1, h, w], image.astype(np.float32).ravel().tolist())
+    graph = helper.make_graph([helper.make_node("Mul", ["sample", "zero"], ["z"]),
+                               helper.make_node("Add", ["z", "img"], ["prediction"])],
+                              "constant", inputs, outputs, [zero, img])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root.mkdir(parents=True)
+    onnx.save(model, str(root / "model.onnx"))
+    save_pack_metadata(root, PackMetadata(
+        model_id=model_id, presets=("ct-pelvis",), modality="CT", matrix=(h, w), pixel_spacing_mm=(6.0, 6.0),
+        physical_range=CT_RANGE, unit="HU", schedule=NoiseScheduleConfig(), prediction_type="sample",
+        labels=("pelvis", "abdomen", "chest"), null_class=3, uses_position=False, default_guidance=1.0,
+        default_sampler="ddim", default_steps=4, files={"model.onnx": sha256_file(root / "model.onnx")},
+        software_version="test", training=training))
+    return root
+
+
+def test_pack_evaluation_flags_copies_and_wrong_intensities(tmp_path: Path, ct_slices: np.ndarray,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsynth.evaluation.packs import ENV_DATASETS, check_thresholds, evaluate_pack, markdown_block
+
+    monkeypatch.setenv(ENV_DATASETS, str(tmp_path / "datasets"))
+    _save(tmp_path / "datasets" / "copier", ct_slices)
+    _save(tmp_path / "datasets" / "flat", ct_slices)
+    copier = _constant_pack(tmp_path / "copier", ct_slices[60], "copier", {})
+    rep, pack = evaluate_pack(copier, None, n_images=12)
+    memo = rep.data["metrics"]["memorisation"]
+    assert memo["fraction_copies"]["synthetic"] == 1.0 and memo["fraction_copies"]["baseline"] == 0.0
+    fails = check_thresholds(rep)
+    assert any("copies of a training image" in f for f in fails)
+    assert not any("intensity" in f for f in fails)  # a copied slice has plausible intensities
+    md = markdown_block(rep, pack)
+    assert "| memorisation: fraction ≥ 0.99 ↓ | 1.000 | 0.000 |" in md and "NOT met" in md
+    # a pack whose every pixel is 0 in model space (about 512 HU): intensities are wrong, nothing copied
+    flat = _constant_pack(tmp_path / "flat", np.zeros((64, 64), np.float32), "flat", {})
+    fails = check_thresholds(evaluate_pack(flat, None, n_images=12)[0])
+    assert any("intensity histogram KL" in f for f in fails) and any("tissue-class" in f for f in fails)
+    assert not any("copies" in f for f in fails)
+
+
+def test_pack_training_dataset_is_rebuilt_from_its_recipe(tmp_path: Path, shared_data: Path) -> None:
+    from medsynth.evaluation.packs import training_dataset
+    from medsynth.pack import load_pack
+
+    recipe = {"prepare": [{"inputs": ["ct/abdomen_pelvis_totalseg.nii.gz"], "preset": "ct-pelvis",
+                           "label": "pelvis"}]}
+    pack = load_pack(_constant_pack(tmp_path / "p", np.zeros((64, 64), np.float32), "recipe", recipe))
+    ds = load_real_dataset(training_dataset(pack, shared_data, tmp_path / "work"))
+    assert ds.matrix == (64, 64) and len(ds) > 10 and ds.unit == "HU"
+    none = load_pack(_constant_pack(tmp_path / "q", np.zeros((64, 64), np.float32), "orphan", {}))
+    with pytest.raises(EvaluationError, match="no training dataset for pack orphan"):
+        training_dataset(none, shared_data, tmp_path / "work2")
+
+
+def _bundled() -> list[Path]:
+    from medsynth.evaluation.packs import bundled_packs
+
+    return bundled_packs()
+
+
+@pytest.mark.skipif(not _bundled(), reason="no model pack is bundled in src/medsynth/packs/ yet")
+@pytest.mark.parametrize("pack_dir", _bundled() or [Path("none")], ids=lambda p: p.name)
+def test_bundled_pack_meets_quality_thresholds(pack_dir: Path, shared_data: Path) -> None:
+    """Every bundled pack, sampled at its defaults, against its training data (thresholds: QUALITY.md)."""
+    import os
+
+    from medsynth.evaluation.packs import check_thresholds, evaluate_pack
+
+    n = int(os.environ.get("MEDSYNTH_PACK_EVAL_IMAGES", "48"))
+    report, pack = evaluate_pack(pack_dir, shared_data, n_images=n)
+    fails = check_thresholds(report)
+    assert not fails, f"pack {pack.metadata.model_id}: " + "; ".join(fails)

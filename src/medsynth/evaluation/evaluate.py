@@ -56,6 +56,7 @@ class EvaluationConfig:
     max_diversity: int = 300
     max_train: int = 5000
     memorisation_threshold: float = 0.95
+    copy_threshold: float = 0.99
     histogram_bins: int = 128
     closest_pairs: int = 8
     ssim: M.SSIMConfig = field(default_factory=M.SSIMConfig)
@@ -63,8 +64,9 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         from medsynth.errors import ConfigError
 
-        if not 0.0 < self.memorisation_threshold <= 1.0:
-            raise ConfigError(f"memorisation threshold must be in (0, 1], got {self.memorisation_threshold}")
+        for name in ("memorisation_threshold", "copy_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         for name in ("max_query", "max_reference", "max_diversity", "max_train", "histogram_bins"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"{name} must be at least 2, got {getattr(self, name)}")
@@ -266,6 +268,9 @@ def evaluate_sets(
         metrics["memorisation"] = {
             "threshold": thr,
             "fraction_above": _pair(np.mean(nn_t.ssim >= thr), np.mean(nn_a.ssim >= thr), "lower"),
+            "copy_threshold": cfg.copy_threshold,
+            "fraction_copies": _pair(np.mean(nn_t.ssim >= cfg.copy_threshold),
+                                     np.mean(nn_a.ssim >= cfg.copy_threshold), "lower"),
             "nearest_train_ssim": _pair(nn_t.ssim.mean(), nn_a.ssim.mean(), "lower",
                                         synthetic_max=float(nn_t.ssim.max()), baseline_max=float(nn_a.ssim.max())),
             "train_images_searched": int(len(pool)),

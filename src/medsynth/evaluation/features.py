@@ -11,8 +11,8 @@ run. So the features are fixed and deterministic, 64 numbers per image ``[H, W]`
 * 16 — structure: the image area-averaged to 16×16 and projected on 16 fixed random directions
   (a seeded Gaussian matrix, Johnson–Lindenstrauss style), which keeps coarse shape information.
 
-Before the distance each feature is standardised by the mean and standard deviation of the real
-reference set, so that no group dominates by its units. The same features and standardisation are
+Before the distance each feature is standardised by the mean and standard deviation (floored at
+0.01) of the real reference set, so that no group dominates by its units. The same features and standardisation are
 used for the real-vs-real baseline, which is the number to compare with.
 """
 
@@ -79,10 +79,14 @@ def image_features(images: npt.ArrayLike, batch: int = 512) -> npt.NDArray[np.fl
 
 
 def standardiser(reference: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Mean and scale ``[D]`` of reference features ``[N, D]``; constant features get scale 1."""
+    """Mean and scale ``[D]`` of reference features ``[N, D]``.
+
+    The scale is the standard deviation floored at 0.01 (features are fractions and model-space
+    intensities of order 1): a feature that hardly varies among real images (e.g. an empty
+    gradient bin) would otherwise turn any small synthetic difference into an enormous distance.
+    """
     mu = reference.mean(axis=0)
-    sd = reference.std(axis=0)
-    sd = np.where(sd > 1e-8, sd, 1.0)
+    sd = np.maximum(reference.std(axis=0), 1e-2)
     return mu, sd
 
 

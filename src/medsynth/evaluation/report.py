@@ -36,6 +36,7 @@ _ROWS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("frechet",), "Fréchet distance (fixed features) ↓", ".2f"),
     (("classifier", "accuracy"), "classifier accuracy (trained on real B)", ".3f"),
     (("memorisation", "fraction_above"), "memorisation: fraction ≥ threshold ↓", ".3f"),
+    (("memorisation", "fraction_copies"), "memorisation: fraction ≥ copy threshold ↓", ".3f"),
     (("memorisation", "nearest_train_ssim"), "memorisation: mean nearest-train SSIM", ".3f"),
 )
 
@@ -57,7 +58,9 @@ def summary_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         if node is None:
             continue
         if path[0] == "memorisation":
-            label = label.replace("threshold", f"{data['metrics']['memorisation']['threshold']:g}")
+            memo = data["metrics"]["memorisation"]
+            label = label.replace("copy threshold", f"{memo['copy_threshold']:g}").replace(
+                "threshold", f"{memo['threshold']:g}")
         rows.append((label, format(node["synthetic"], fmt), format(node["baseline"], fmt)))
     return rows
 
