@@ -48,7 +48,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +83,13 @@ MANUFACTURER = "medsynth"
 SYNTHESIZING_EQUIPMENT = CodedConcept("109100", "DCM", "Synthesizing Equipment")
 PA_VIEW = CodedConcept("399348003", "SCT", "postero-anterior")
 BASIC_PROFILE = CodedConcept("113100", "DCM", "Basic Application Confidentiality Profile")
+
+# Attributes the DICOMDIR's PATIENT/STUDY/SERIES/IMAGE records are built from.
+_DICOMDIR_KEYWORDS = (
+    "SpecificCharacterSet", "SOPClassUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
+    "ReferringPhysicianName", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+)
 
 # Private block element offsets (0011,10xx) and their VRs.
 PRIVATE_TAGS: dict[str, tuple[int, str]] = {
@@ -227,8 +233,16 @@ class PixelEncoding:
 
     def encode(self, physical: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int16] | npt.NDArray[np.uint16], int]:
         """Physical 2D array → (little-endian stored array, number of pixels clipped to the range)."""
-        stored = np.rint((np.asarray(physical, dtype=np.float64) - self.rescale_intercept) / self.rescale_slope)
+        arr = np.asarray(physical)
         lo, hi = self.stored_range
+        if (np.issubdtype(arr.dtype, np.integer) and self.rescale_slope == 1.0
+                and float(self.rescale_intercept).is_integer()):
+            # integer input (e.g. HU from a file): exact integer arithmetic, no float round trip
+            stored_i = arr.astype(np.int32) - int(self.rescale_intercept)
+            clipped_i = int(np.count_nonzero((stored_i < lo) | (stored_i > hi)))
+            np.clip(stored_i, lo, hi, out=stored_i)
+            return stored_i.astype("<i2" if self.signed else "<u2"), clipped_i
+        stored = np.rint((arr.astype(np.float64) - self.rescale_intercept) / self.rescale_slope)
         clipped = int(np.count_nonzero((stored < lo) | (stored > hi)))
         np.clip(stored, lo, hi, out=stored)
         out = stored.astype("<i2" if self.signed else "<u2")
@@ -530,13 +544,7 @@ class SyntheticStudyWriter:
         ds.add_new(0x00280107, vr, hi)  # LargestImagePixelValue
         ds.PixelData = stored.tobytes()
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
-        ds.file_meta = meta
+        ds.file_meta = self._file_meta(sop_uid)
 
         name = f"IM{series.files:06d}"
         final = series.dir / name
@@ -571,6 +579,15 @@ class SyntheticStudyWriter:
         return self._write_manifest(complete=True)
 
     # -- internals --------------------------------------------------------------------------
+    def _file_meta(self, sop_uid: UID) -> FileMetaDataset:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
+        return meta
+
     def _check_open(self) -> None:
         if self._finished:
             raise DicomWriteError("the writer is already finished")
@@ -767,37 +784,26 @@ class SyntheticStudyWriter:
         block.add_new(offset, vr, json.dumps(values, sort_keys=True))
 
     def _write_dicomdir(self) -> None:
-        """Write DICOMDIR with pydicom's FileSet, without copying the image files.
+        """Write DICOMDIR (records by pydicom's FileSet record definitions, see ``dicomdir.py``).
 
-        ``FileSet.write`` copies every staged instance into its own ``PT/ST/SE/IM`` layout. The
-        image files already sit at exactly those File IDs (same insertion order), so the FileSet
-        is fed header-only copies (no pixel data) and written into a scratch folder inside the
-        output folder; its DICOMDIR is checked against the real files and moved into place.
+        The records are built from small in-memory stand-ins of each instance (the series
+        template's patient/study/series attributes plus the instance's UID and number), so no
+        image file is read back or copied.
         """
-        from pydicom import dcmread
-        from pydicom.fileset import FileSet
+        from medsynth.dicom_io.dicomdir import DirEntry, build_dicomdir
 
-        fs = FileSet()
-        fs.ID = "MEDSYNTH"
-        fs.UID = self._uids.uid("fileset")
-        expected: dict[str, str] = {}
+        by_uid = {str(s.series_uid): s for s in self._series}
+        entries = []
         for rec in self._files:
-            header = dcmread(self.out_dir / rec.path, stop_before_pixels=True)
-            inst = fs.add(header)
-            expected[rec.sop_instance_uid] = rec.path
-        scratch = self.out_dir / ".dicomdir-staging"
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        try:
-            fs.write(scratch)
-            for inst in fs:
-                file_id = Path(inst.FileID).as_posix()
-                if expected.get(inst.SOPInstanceUID) != file_id:
-                    raise DicomWriteError(
-                        f"DICOMDIR File ID {file_id} does not match {expected.get(inst.SOPInstanceUID)}")
-            data = (scratch / "DICOMDIR").read_bytes()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            template = by_uid[rec.series_instance_uid].template
+            stub = Dataset()
+            for keyword in _DICOMDIR_KEYWORDS:
+                if keyword in template:
+                    stub[keyword] = template[keyword]
+            stub.SOPInstanceUID = UID(rec.sop_instance_uid)
+            stub.InstanceNumber = rec.instance_number
+            entries.append(DirEntry(stub, tuple(rec.path.split("/"))))
+        data = build_dicomdir(entries, "MEDSYNTH", self._uids.uid("fileset"))
         _atomic_write_bytes(self.out_dir / "DICOMDIR", data)
 
     def _write_manifest(self, complete: bool, error: str | None = None) -> dict[str, Any]:
@@ -864,7 +870,7 @@ def _fit_volume(volume: np.ndarray, preset: Preset) -> tuple[np.ndarray, PixelEn
     (possibly rescaled) volume, the encoding, windows (None = preset's) and the rescale record.
     """
     lo, hi = float(volume.min()), float(volume.max())
-    integral = bool(np.all(volume == np.rint(volume)))
+    integral = bool(np.issubdtype(volume.dtype, np.integer) or np.all(volume == np.rint(volume)))
     if preset.modality is Modality.CT:
         return volume, PixelEncoding.fit(preset, lo, hi), None, None
     rescale = None
