@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
     "prepare": "medsynth.cli.prepare:prepare",
     "train": "medsynth.cli.train:train",
+    "export": "medsynth.cli.export:export",
 }
 
 # one-line help shown in `medsynth --help` without importing the command's module

@@ -8,7 +8,8 @@ A run folder holds::
       checkpoint.safetensors  model.* (weights), ema.* (EMA weights), optim.<i>.<key> (AdamW
                               state), rng.torch (torch's CPU RNG state as uint8)
       checkpoint.json         step, cumulative training seconds, sha256 of the .safetensors file,
-                              AdamW param_groups, numpy and python RNG states (JSON)
+                              AdamW param_groups, numpy and python RNG states, ``extra`` (device,
+                              precision, hardware, last loss)
       train_log.jsonl         one JSON object per logged step
       samples/step_NNNNNN.png preview grids from the EMA weights
 
@@ -53,6 +54,7 @@ class CheckpointState:
     torch_rng: torch.Tensor | None
     numpy_rng: Any
     python_rng: Any
+    extra: dict[str, Any]
 
 
 def save_checkpoint(
@@ -62,6 +64,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     ema: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint.safetensors`` and ``checkpoint.json`` atomically (temp names, then rename)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -87,6 +90,7 @@ def save_checkpoint(
         "optimizer_param_groups": opt["param_groups"],
         "numpy_rng": [np_state[0], np.asarray(np_state[1]).tolist(), *[_plain(x) for x in np_state[2:]]],
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        "extra": extra or {},
     }
     stmp = run_dir / f".{STATE_NAME}.partial"
     stmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
@@ -141,6 +145,7 @@ def load_checkpoint(run_dir: Path, need_optimizer: bool = True) -> CheckpointSta
         torch_rng=tensors.get("rng.torch"),
         numpy_rng=state.get("numpy_rng"),
         python_rng=state.get("python_rng"),
+        extra=dict(state.get("extra") or {}),
     )
 
 

@@ -449,7 +449,9 @@ def train(
     model.train()
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, step, prior_seconds + (time.monotonic() - t_loop), model, ema, optimizer)
+        extra = {"device": str(device), "precision": precision, "hardware": hardware, "last_loss": last_loss,
+                 "batch_size": o.batch_size}
+        save_checkpoint(run_dir, step, prior_seconds + (time.monotonic() - t_loop), model, ema, optimizer, extra)
 
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -527,12 +529,12 @@ def train(
             raise
     if loss_n:
         last_loss = loss_acc / loss_n
+    loop_s = time.monotonic() - t_loop
     checkpoint()
     if step > start_step or not (run_dir / "samples").is_dir():
         grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset, labels, device))
     total = prior_seconds + (time.monotonic() - t_loop)
     done = step - start_step
-    loop_s = time.monotonic() - t_loop
     return TrainSummary(
         run_dir=run_dir,
         dataset=dataset_dir,

@@ -1,0 +1,1 @@
+"""Export training runs to ONNX model packs (needs the ``train`` extra: torch, MONAI, onnx)."""
