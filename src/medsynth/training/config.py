@@ -53,7 +53,7 @@ class ModelConfig:
     ``channels`` are the feature maps per level (the image side must be divisible by
     ``2 ** (len(channels) - 1)``); ``norm_num_groups`` must divide every entry (0 = the largest
     divisor ≤ 32 of all channels). ``use_position`` feeds the slice's relative position as a
-    second, constant input channel.
+    second, constant input channel. ``num_head_channels`` is capped at each level's width.
     """
 
     channels: tuple[int, ...] = (32, 64, 64)
@@ -83,11 +83,15 @@ class ModelConfig:
         groups = self.resolved_norm_groups()
         if any(c % groups for c in self.channels):
             raise ConfigError(f"model.norm_num_groups={groups} does not divide every channel count {list(self.channels)}")
-        for c, att in zip(self.channels, self.attention_levels, strict=True):
-            if att and c % self.num_head_channels:
-                raise ConfigError(
-                    f"model.num_head_channels={self.num_head_channels} must divide the {c} channels of an attention level"
-                )
+        if self.num_head_channels < 1:
+            raise ConfigError("model.num_head_channels must be ≥ 1")
+        for c, att, h in zip(self.channels, self.attention_levels, self.resolved_head_channels(), strict=True):
+            if att and c % h:
+                raise ConfigError(f"model.num_head_channels={h} must divide the {c} channels of an attention level")
+
+    def resolved_head_channels(self) -> tuple[int, ...]:
+        """Channels per attention head at each level: ``num_head_channels``, capped at the level's width."""
+        return tuple(min(self.num_head_channels, c) for c in self.channels)
         if self.num_res_blocks < 1:
             raise ConfigError("model.num_res_blocks must be ≥ 1")
 

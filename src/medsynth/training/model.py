@@ -32,7 +32,7 @@ class Denoiser(nn.Module):
             channels=tuple(config.channels),
             attention_levels=tuple(config.attention_levels),
             norm_num_groups=config.resolved_norm_groups(),
-            num_head_channels=config.num_head_channels,
+            num_head_channels=list(config.resolved_head_channels()),
             num_class_embeds=num_labels + 1,
             use_flash_attention=config.use_flash_attention,
         )
