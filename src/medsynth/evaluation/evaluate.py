@@ -105,6 +105,14 @@ def _stats(v: npt.NDArray[np.float64]) -> dict[str, float]:
             "min": float(np.min(v)), "max": float(np.max(v))}
 
 
+def _require_scipy() -> None:
+    """A clean error instead of an ImportError deep inside a metric when scipy is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise EvaluationError("medsynth evaluate needs scipy: pip install 'medsynth[eval]'")
+
+
 def evaluate(
     real: str | Path,
     synthetic: str | Path,
@@ -123,6 +131,7 @@ def evaluate(
     """
     from medsynth.evaluation.report import check_output, write_report
 
+    _require_scipy()
     cfg = config or EvaluationConfig()
     out = Path(output) if output is not None else None
     if out is not None:
