@@ -20,7 +20,7 @@ class CleanError(click.ClickException):
 
     def __init__(self, err: MedsynthError) -> None:
         super().__init__(str(err).replace("\n", " "))
-        self.exit_code = err.exit_code
+        self.exit_code = err.exit_code  # type: ignore[misc]  # click declares it on the class
 
 
 def handle_errors(func: F) -> F:
