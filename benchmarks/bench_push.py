@@ -10,6 +10,7 @@ run so each run stores N new instances. Prints a Markdown table (median of the r
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -62,11 +63,15 @@ def find_storescu() -> str:
     raise SystemExit("dcmtk storescu not found (apt-get install dcmtk)")
 
 
-def run_storescu(o: Orthanc, folder: Path) -> float:
+def run_storescu(o: Orthanc, folder: Path, nodelay: bool = False) -> float:
+    """dcmtk storescu; like Orthanc's DCMTK it disables Nagle only with TCP_NODELAY=1 in its environment."""
     exe = find_storescu()
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
     t0 = time.perf_counter()
     subprocess.run([exe, "-aet", "STORESCU", "-aec", o.aet, "+sd", "127.0.0.1", str(o.dicom_port), str(folder)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -83,7 +88,8 @@ def main() -> None:
     results: list[tuple[str, str, list[float]]] = []
     # Orthanc's DICOM server (DCMTK) leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment.
     for label, env in (("Orthanc default", {}), ("Orthanc with TCP_NODELAY=1", {"TCP_NODELAY": "1"})):
-        o = start_orthanc(tmp / f"orthanc{len(env)}", dicomweb=True, users={"bench": "bench"}, env=env)
+        o = start_orthanc(tmp / f"orthanc{len(env)}", dicomweb=True, users={"bench": "bench"},
+                          env={"TCP_NODELAY": "0", **env})
         try:
             methods = {
                 f"medsynth push C-STORE (batch {args.batch_size})":
@@ -93,6 +99,7 @@ def main() -> None:
                 f"medsynth push STOW-RS (batch {args.batch_size})":
                     lambda o=o: run_medsynth(o, files, tmp / "s.json", True, args.batch_size),
                 "dcmtk storescu +sd (one association)": lambda o=o: run_storescu(o, files),
+                "dcmtk storescu +sd, TCP_NODELAY=1": lambda o=o: run_storescu(o, files, nodelay=True),
             }
             for name, fn in methods.items():
                 times = []

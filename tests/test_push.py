@@ -433,5 +433,11 @@ def test_auth_resolution_and_option_errors(tmp_path: Path, mixed_folder: Path) -
     assert res.exit_code == 2 and "not both" in res.output
     res = runner.invoke(cli, ["push", str(mixed_folder), "--host", "h", "--port", "1", "--called-aet", "A" * 17])
     assert res.exit_code == 2 and "AE title" in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    res = runner.invoke(cli, ["push", str(empty), "--host", "h", "--port", "1", "--called-aet", "A"])
+    assert res.exit_code == 1 and "no DICOM files found" in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in empty.iterdir()) == ["readme.txt"]  # nothing written
     res = runner.invoke(cli, ["push", "--help"])
     assert res.exit_code == 0 and "Examples" in res.output

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from medsynth.errors import ConfigError
+from medsynth.errors import ConfigError, InputError
 from medsynth.push.collect import Instance, collect
 from medsynth.push.model import (
     STATE_FILENAME,
@@ -93,6 +93,8 @@ def push_folder(
     _validate(config)
     folder = Path(folder)
     found = collect(folder)
+    if not found.instances and not found.problems:
+        raise InputError("no DICOM files found", folder)
     root = folder.resolve()
     snd = sender if sender is not None else make_sender(config)
     dest = config.target.key()

@@ -35,6 +35,14 @@ def check_url(url: str) -> None:
         )
 
 
+def _describe(code: int) -> str:
+    """``0xA700 Refused: Out of Resources``: STOW-RS reuses the C-STORE status codes (PS3.18 I.2.2)."""
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    desc = STORAGE_SERVICE_CLASS_STATUS.get(code, ("", ""))[1]
+    return f"0x{code:04X}" + (f" {desc}" if desc else "")
+
+
 def _vals(item: dict[str, Any], tag: str) -> list[Any]:
     el = item.get(tag)
     return el.get("Value", []) if isinstance(el, dict) else []
@@ -139,7 +147,7 @@ class StowSender:
                 uid = next(iter(_vals(item, "00081155")), None)
                 warn = next(iter(_vals(item, "00081196")), None)  # WarningReason
                 if uid:
-                    referenced[str(uid)] = f"warning reason 0x{int(warn):04X}" if warn is not None else ""
+                    referenced[str(uid)] = f"warning reason {_describe(int(warn))}" if warn is not None else ""
             for item in _vals(body_json, "00081198"):  # FailedSOPSequence
                 uid = next(iter(_vals(item, "00081155")), None)
                 why = next(iter(_vals(item, "00081197")), None)  # FailureReason
@@ -151,7 +159,7 @@ class StowSender:
                 out.acks[uid] = Ack(InstanceStatus.SENT, code, warning=referenced[uid])
             elif uid in failed:
                 why = failed[uid]
-                reason = f"STOW-RS failure reason 0x{why:04X}" if why is not None else "STOW-RS failure"
+                reason = f"STOW-RS failure reason {_describe(why)}" if why is not None else "STOW-RS failure"
                 out.acks[uid] = Ack(InstanceStatus.FAILED, code, f"{reason} (HTTP {code})")
             else:
                 out.acks[uid] = Ack(
