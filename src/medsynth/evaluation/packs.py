@@ -154,7 +154,9 @@ def sample_pack(
     meta = pack.metadata
     denoiser = open_denoiser(pack, device="cpu")
     schedule = DiffusionSchedule.from_config(meta.schedule)
-    cfg = SamplerConfig(sampler=meta.default_sampler, steps=meta.default_steps,  # type: ignore[arg-type]
+    # pack.json may spell the sampler "dpmpp_2m" (export) where the sampler names it "dpmpp-2m"
+    sampler = meta.default_sampler.replace("_", "-")
+    cfg = SamplerConfig(sampler=sampler, steps=meta.default_steps,  # type: ignore[arg-type]
                         guidance=meta.default_guidance)
     rng = np.random.default_rng(seed)
     h, w = meta.matrix
