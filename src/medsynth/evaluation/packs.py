@@ -97,7 +97,7 @@ def training_dataset(pack: ModelPack, shared_data: Path | None, workdir: Path) -
     if isinstance(recipes, list) and recipes:
         if shared_data is None:
             raise EvaluationError("the pack's training.prepare recipe needs the shared data folder", pack.root)
-        return _rebuild(recipes, shared_data, workdir, pack)
+        return rebuild_dataset(recipes, shared_data, workdir, pack.metadata.presets[0], pack.root)
     tried.append("pack.json training.prepare (absent)")
     raise EvaluationError(
         f"no training dataset for pack {pack.metadata.model_id}: tried {'; '.join(tried)}. "
@@ -106,19 +106,20 @@ def training_dataset(pack: ModelPack, shared_data: Path | None, workdir: Path) -
     )
 
 
-def _rebuild(recipes: list[Any], shared_data: Path, workdir: Path, pack: ModelPack) -> Path:
+def rebuild_dataset(recipes: list[Any], shared_data: Path, workdir: Path, preset: str, where: Path) -> Path:
+    """Prepare each ``training.prepare`` recipe part under ``workdir`` and concatenate them (a dataset folder)."""
     from medsynth.dataset import DatasetManifest, load_dataset, save_dataset
     from medsynth.prepare import PrepareConfig, ZRange, prepare_dataset
 
     parts = []
     for k, r in enumerate(recipes):
         if not isinstance(r, dict) or not isinstance(r.get("inputs"), list):
-            raise EvaluationError(f"training.prepare[{k}] must be an object with an 'inputs' list", pack.root)
+            raise EvaluationError(f"training.prepare[{k}] must be an object with an 'inputs' list", where)
         opts = {key: r[key] for key in ("preset", "label", "slice_spacing_mm", "split", "min_body_fraction",
                                         "label_from_folder", "n4") if r.get(key) is not None}
         if r.get("z_range"):
             opts["z_range"] = ZRange.parse(str(r["z_range"]))
-        opts.setdefault("preset", pack.metadata.presets[0])
+        opts.setdefault("preset", preset)
         out = workdir / f"part{k}"
         prepare_dataset([shared_data / str(i) for i in r["inputs"]], out, PrepareConfig(**opts))
         parts.append(load_dataset(out))
@@ -126,7 +127,7 @@ def _rebuild(recipes: list[Any], shared_data: Path, workdir: Path, pack: ModelPa
         return parts[0].root
     names = parts[0].manifest.labels
     if any(p.manifest.labels != names or p.manifest.matrix != parts[0].manifest.matrix for p in parts):
-        raise EvaluationError("training.prepare parts differ in labels or matrix", pack.root)
+        raise EvaluationError("training.prepare parts differ in labels or matrix", where)
     m0 = parts[0].manifest
     sources = tuple(s for p in parts for s in p.manifest.sources)
     offsets = np.cumsum([0] + [len(p.manifest.sources) for p in parts])

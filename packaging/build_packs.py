@@ -1,0 +1,186 @@
+"""Replay the recipes in packaging/packs.toml: prepare → train → export → evaluate each bundled pack.
+
+    python packaging/build_packs.py ct-body                    # every stage
+    python packaging/build_packs.py ct-body --stage export     # one stage (uses work/ from earlier ones)
+    python packaging/build_packs.py --all --stage evaluate
+
+Stages write under ``--work`` (default ``work/``, ignored by git): ``ds-<id>`` (the prepared dataset),
+``run-<id>`` (the training run; an existing run is resumed exactly), ``eval-<id>`` (the evaluation
+report). ``export`` writes ``src/medsynth/packs/<id>/`` and records the recipe, the licences of the
+training data and the hardware in its pack.json; ``evaluate`` measures the pack against its training
+set (`medsynth evaluate`'s metrics) and writes the numbers into pack.json, MODEL_CARD.md and QUALITY.md.
+Only the standard library and medsynth are used; every medsynth step runs through its CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "packaging" / "packs.toml"
+PACKS = REPO / "src" / "medsynth" / "packs"
+STAGES = ("prepare", "train", "export", "evaluate")
+
+# Licence and attribution of every shared input (from ../shared/data/README.md), keyed by file name prefix.
+LICENCES: dict[str, str] = {
+    "abdomen_pelvis_totalseg": "Apache-2.0; TotalSegmentator tests/reference_files/example_ct.nii.gz",
+    "upper_abdomen_dicom": "Apache-2.0; TotalSegmentator tests/reference_files/example_ct_dicom",
+    "cardiac_cta_totalseg": "Apache-2.0; TotalSegmentator reports' test files",
+    "abdomen_mr_totalseg": "Apache-2.0; TotalSegmentator tests/reference_files/example_mr_sm.nii.gz",
+    "chest_pyradiomics": "BSD-3-Clause; pyradiomics 3.1.0 sdist data/",
+    "brain_t1c_pyradiomics": "BSD-3-Clause; pyradiomics 3.1.0 sdist data/ (TCGA-GBM)",
+    "brain_t1_chris": "BSD; neurolabusc/MRIcron",
+    "brain_t1_colin27": "BSD; neurolabusc/MRIcron Resources/templates/ch2.nii.gz (Colin27)",
+    "brain_stroke": "MIT; neurolabusc/VolumeRenderingData stroke/",
+    "cardiac_lge_dicom": "MIT; CIBC-Internal/Seg3DData example_dicom (SCI Institute, University of Utah)",
+    "pneumoniamnist": "CC BY 4.0; MedMNIST v2 PneumoniaMNIST (Yang et al. 2023), derived from Kermany et al. 2018",
+}
+
+
+def licence_of(name: str) -> str:
+    for prefix, text in LICENCES.items():
+        if name.startswith(prefix):
+            return text
+    return ""
+
+
+def medsynth(*args: str) -> None:
+    cmd = [sys.executable, "-m", "medsynth.cli.main", *args]
+    print("+ medsynth " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def stage_prepare(pid: str, recipe: dict[str, Any], work: Path, shared: Path) -> None:
+    import shutil
+    import tempfile
+
+    from medsynth.evaluation.packs import rebuild_dataset
+
+    out = work / f"ds-{pid}"
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        built = rebuild_dataset(recipe["prepare"], shared, Path(tmp), recipe["preset"], RECIPES)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(built, out)
+    print(f"prepared {out}")
+
+
+def stage_train(pid: str, recipe: dict[str, Any], work: Path) -> None:
+    run = work / f"run-{pid}"
+    resume = ["--resume"] if (run / "config.json").is_file() else []
+    medsynth("train", str(work / f"ds-{pid}"), "-o", str(run), *recipe["train"], *resume, "--quiet", "--json")
+
+
+def stage_export(pid: str, recipe: dict[str, Any], work: Path) -> None:
+    from medsynth.export.pack_writer import write_model_card
+
+    pack = PACKS / pid
+    medsynth("export", str(work / f"run-{pid}"), "-o", str(pack), "--force", "--json")
+    meta_path = pack / "pack.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["training"]["prepare"] = recipe["prepare"]
+    meta["training"]["recipe"] = f"packaging/packs.toml [{pid}] (python packaging/build_packs.py {pid})"
+    meta["training"].pop("dataset_path", None)  # a path on the build machine means nothing elsewhere
+    for src in meta["data_sources"]:
+        src["licence"] = src.get("licence") or licence_of(str(src.get("name", "")))
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_model_card(pack)
+
+
+def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n_images: int) -> None:
+    from medsynth.evaluation.packs import check_thresholds, evaluate_pack, markdown_block
+    from medsynth.evaluation.report import write_report
+    from medsynth.export.pack_writer import write_model_card
+
+    pack_dir = PACKS / pid
+    os.environ.setdefault("MEDSYNTH_PACK_DATASETS", str(work / "_datasets"))
+    ds_link = work / "_datasets" / pid
+    ds_link.parent.mkdir(parents=True, exist_ok=True)
+    if not ds_link.exists():
+        import shutil
+
+        shutil.copytree(work / f"ds-{pid}", ds_link)
+    report, pack = evaluate_pack(pack_dir, shared, n_images=n_images, seed=0)
+    write_report(report, work / f"eval-{pid}", force=True)
+    block = markdown_block(report, pack)
+    fails = check_thresholds(report)
+    m = report.data["metrics"]
+    meta_path = pack_dir / "pack.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["quality"] = {"summary": _summary(report.data), "thresholds_met": not fails, "failures": fails,
+                       "evaluated_images": n_images}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_model_card(pack_dir)
+    card = pack_dir / "MODEL_CARD.md"
+    text = card.read_text(encoding="utf-8")
+    head, _, tail = text.partition("## Quality\n")
+    _, _, rest = tail.partition("## Limitations")
+    card.write_text(head + "## Quality\n\n" + block + "\n## Limitations" + rest, encoding="utf-8")
+    _update_quality_md(pid, block)
+    del m
+    print(block)
+
+
+def _summary(data: dict[str, Any]) -> dict[str, Any]:
+    from medsynth.evaluation.report import summary_rows
+
+    return {a: {"synthetic": b, "baseline": c} for a, b, c in summary_rows(data)}
+
+
+def _update_quality_md(pid: str, block: str) -> None:
+    q = REPO / "QUALITY.md"
+    text = q.read_text(encoding="utf-8") if q.exists() else "# Quality\n"
+    begin, end = f"<!-- pack:{pid}:begin -->", f"<!-- pack:{pid}:end -->"
+    section = f"{begin}\n{block}{end}"
+    if begin in text and end in text:
+        pre, _, post = text.partition(begin)
+        _, _, post = post.partition(end)
+        text = pre + section + post
+    else:
+        if "## Bundled packs" not in text:
+            text = text.rstrip() + "\n\n## Bundled packs\n\nMeasured by `python packaging/build_packs.py --all --stage evaluate`.\n"
+        text = text.rstrip() + "\n\n" + section + "\n"
+    q.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("packs", nargs="*", help="model ids from packaging/packs.toml")
+    ap.add_argument("--all", action="store_true", help="every pack in the recipe file")
+    ap.add_argument("--stage", choices=(*STAGES, "all"), default="all")
+    ap.add_argument("--work", type=Path, default=REPO / "work")
+    ap.add_argument("--shared", type=Path,
+                    default=Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data")))
+    ap.add_argument("-n", "--images", type=int, default=256, help="samples for the evaluation")
+    args = ap.parse_args(argv)
+    recipes = tomllib.loads(RECIPES.read_text(encoding="utf-8"))
+    ids = list(recipes) if args.all else args.packs
+    unknown = [i for i in ids if i not in recipes]
+    if not ids or unknown:
+        ap.error(f"choose packs from: {', '.join(recipes)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for pid in ids:
+        r = recipes[pid]
+        for st in stages:
+            if st == "prepare":
+                stage_prepare(pid, r, args.work, args.shared)
+            elif st == "train":
+                stage_train(pid, r, args.work)
+            elif st == "export":
+                stage_export(pid, r, args.work)
+            else:
+                stage_evaluate(pid, r, args.work, args.shared, args.images)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
