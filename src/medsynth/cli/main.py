@@ -15,6 +15,8 @@ from medsynth import __version__
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "generate": "medsynth.cli.generate:generate",
+    "models": "medsynth.cli.models:models",
     "evaluate": "medsynth.cli.evaluate:evaluate",
     "push": "medsynth.cli.push:push",
     "to-dicom": "medsynth.cli.to_dicom:to_dicom",
