@@ -441,3 +441,30 @@ def test_auth_resolution_and_option_errors(tmp_path: Path, mixed_folder: Path) -
     assert sorted(p.name for p in empty.iterdir()) == ["readme.txt"]  # nothing written
     res = runner.invoke(cli, ["push", "--help"])
     assert res.exit_code == 0 and "Examples" in res.output
+
+
+def test_push_options_for_other_commands(tmp_path: Path) -> None:
+    """The decorator other commands (generate --send) use: --send plus the same options."""
+    import click
+
+    from medsynth.push import push_config_from_options, push_options
+
+    seen: list[Any] = []
+
+    @click.command()
+    @click.option("--out", default="x")
+    @push_options(send_flag=True)
+    def fake_generate(out: str, **kwargs: Any) -> None:
+        seen.append(push_config_from_options(kwargs))
+        assert kwargs == {}  # every push option was consumed
+
+    runner = CliRunner()
+    assert runner.invoke(fake_generate, []).exit_code == 0 and seen[-1] is None
+    res = runner.invoke(fake_generate, ["--send", "--host", "pacs", "--port", "104", "--called-aet", "ARCHIVE",
+                                        "--batch-size", "7", "--retries", "0", "--timeout", "5"])
+    assert res.exit_code == 0, res.output
+    cfg = seen[-1]
+    assert cfg.target == DimseTarget("pacs", 104, "ARCHIVE", "MEDSYNTH")
+    assert (cfg.batch_size, cfg.retries, cfg.timeout_s, cfg.resume) == (7, 0, 5.0, True)
+    res = runner.invoke(fake_generate, ["--host", "pacs"])  # destination without --send: refused
+    assert res.exit_code != 0
