@@ -452,18 +452,22 @@ def test_push_options_for_other_commands(tmp_path: Path) -> None:
     seen: list[Any] = []
 
     @click.command()
-    @click.option("--out", default="x")
+    @click.option("--batch-size", type=int, default=8)  # the host command's own option
     @push_options(send_flag=True)
-    def fake_generate(out: str, **kwargs: Any) -> None:
-        seen.append(push_config_from_options(kwargs))
+    def fake_generate(batch_size: int, **kwargs: Any) -> None:
+        seen.append((batch_size, push_config_from_options(kwargs), kwargs.pop("push_report", None)))
         assert kwargs == {}  # every push option was consumed
 
     runner = CliRunner()
-    assert runner.invoke(fake_generate, []).exit_code == 0 and seen[-1] is None
-    res = runner.invoke(fake_generate, ["--send", "--host", "pacs", "--port", "104", "--called-aet", "ARCHIVE",
-                                        "--batch-size", "7", "--retries", "0", "--timeout", "5"])
+    res = runner.invoke(fake_generate, [])
     assert res.exit_code == 0, res.output
-    cfg = seen[-1]
+    assert seen[-1] == (8, None, None)
+    res = runner.invoke(fake_generate, ["--batch-size", "4", "--send", "--host", "pacs", "--port", "104",
+                                        "--called-aet", "ARCHIVE", "--send-batch-size", "7", "--send-retries", "0",
+                                        "--send-timeout", "5", "--send-report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    batch, cfg, report = seen[-1]
+    assert batch == 4 and report == tmp_path / "r.json"
     assert cfg.target == DimseTarget("pacs", 104, "ARCHIVE", "MEDSYNTH")
     assert (cfg.batch_size, cfg.retries, cfg.timeout_s, cfg.resume) == (7, 0, 5.0, True)
     res = runner.invoke(fake_generate, ["--host", "pacs"])  # destination without --send: refused

@@ -38,45 +38,60 @@ ENV_USER = "MEDSYNTH_STOW_USER"
 ENV_PASSWORD = "MEDSYNTH_STOW_PASSWORD"
 ENV_TOKEN = "MEDSYNTH_STOW_TOKEN"
 
-# option name (python identifier) -> click option; kept in one table so push and generate agree.
-_OPTIONS: list[tuple[str, Callable[[F], F]]] = [
-    ("host", click.option("--host", metavar="HOST", help="C-STORE: PACS host name or address.")),
-    ("port", click.option("--port", type=int, metavar="PORT", help="C-STORE: PACS DICOM port (e.g. 4242, 104, 11112).")),
-    ("called_aet", click.option("--called-aet", metavar="AET", help="C-STORE: the PACS's AE title.")),
-    ("calling_aet", click.option("--calling-aet", default="MEDSYNTH", show_default=True, metavar="AET",
-                                 help="C-STORE: our AE title (the PACS may need to know it).")),
-    ("stow", click.option("--stow", metavar="URL",
-                          help="DICOMweb STOW-RS endpoint instead of C-STORE, e.g. http://host:8042/dicom-web/studies. "
-                               f"Credentials: ${ENV_USER} + ${ENV_PASSWORD} (basic), ${ENV_TOKEN} (bearer) or --auth-file.")),
-    ("auth_file", click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path),
-                               help="STOW-RS credentials file: JSON {\"token\": ...} or {\"username\": ..., \"password\": ...}, "
-                                    "or lines token=... / username=... and password=...")),
-    ("insecure", click.option("--insecure", is_flag=True, help="STOW-RS over https: do not verify the server certificate.")),
-    ("batch_size", click.option("--batch-size", type=click.IntRange(min=1), default=50, show_default=True,
-                                help="Instances per association (C-STORE) or per request (STOW-RS).")),
-    ("retries", click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
-                             help="Extra attempts after a transient failure (exponential back-off).")),
-    ("backoff", click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True,
-                             help="First back-off in seconds; doubles per attempt, at most 30 s.")),
-    ("timeout", click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                             help="Seconds to wait for any network step (connect, association, response).")),
-    ("state", click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
-                           help="Resume state file (default: DIR/.medsynth-push-state.json).")),
-    ("resume", click.option("--resume/--no-resume", default=True, show_default=True,
-                            help="Skip instances this destination acknowledged in an earlier run.")),
+# Every option's python name starts with "push_" so it never collides with a host command's own
+# parameters; with ``send_flag`` (generate) the tuning options are spelled --send-*, since generate
+# has its own --batch-size.
+_DEST: list[tuple[str, dict[str, Any]]] = [
+    ("host", dict(metavar="HOST", help="C-STORE: PACS host name or address.")),
+    ("port", dict(type=click.IntRange(1, 65535), metavar="PORT", help="C-STORE: PACS DICOM port (e.g. 4242, 104, 11112).")),
+    ("called-aet", dict(metavar="AET", help="C-STORE: the PACS's AE title.")),
+    ("calling-aet", dict(default="MEDSYNTH", show_default=True, metavar="AET",
+                         help="C-STORE: our AE title (the PACS may need to know it).")),
+    ("stow", dict(metavar="URL",
+                  help="DICOMweb STOW-RS endpoint instead of C-STORE, e.g. http://host:8042/dicom-web/studies. "
+                       f"Credentials: ${ENV_USER} + ${ENV_PASSWORD} (basic), ${ENV_TOKEN} (bearer) or --auth-file.")),
+    ("auth-file", dict(type=click.Path(dir_okay=False, path_type=Path),
+                       help="STOW-RS credentials file: JSON {\"token\": ...} or {\"username\": ..., \"password\": ...}, "
+                            "or lines token=... / username=... and password=...")),
+    ("insecure", dict(is_flag=True, help="STOW-RS over https: do not verify the server certificate.")),
 ]
-PUSH_OPTION_NAMES = tuple(name for name, _ in _OPTIONS)
+_TUNING: list[tuple[str, dict[str, Any]]] = [
+    ("batch-size", dict(type=click.IntRange(min=1), default=50, show_default=True,
+                        help="Instances per association (C-STORE) or per request (STOW-RS).")),
+    ("retries", dict(type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Extra attempts after a transient failure (exponential back-off).")),
+    ("backoff", dict(type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="First back-off in seconds; doubles per attempt, at most 30 s.")),
+    ("timeout", dict(type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                     help="Seconds to wait for any network step (connect, association, response).")),
+    ("state", dict(type=click.Path(dir_okay=False, path_type=Path),
+                   help="Resume state file (default: DIR/.medsynth-push-state.json).")),
+]
+PUSH_OPTION_NAMES = tuple("push_" + n.replace("-", "_") for n, _ in _DEST + _TUNING) + ("push_resume",)
 
 
 def push_options(send_flag: bool = False) -> Callable[[F], F]:
-    """Decorator adding the destination and tuning options (plus ``--send`` when ``send_flag``)."""
+    """Decorator adding the destination and tuning options (plus ``--send`` when ``send_flag``).
+
+    The values reach the command as ``push_*`` keyword arguments; pass the kwargs dict to
+    :func:`push_config_from_options`.
+    """
+    pre = "send-" if send_flag else ""
 
     def deco(func: F) -> F:
-        for _name, opt in reversed(_OPTIONS):
-            func = opt(func)
+        opts = [click.option(f"--{n}", "push_" + n.replace("-", "_"), **kw) for n, kw in _DEST]
+        opts += [click.option(f"--{pre}{n}", "push_" + n.replace("-", "_"), **kw) for n, kw in _TUNING]
+        opts.append(click.option(f"--{pre}resume/--no-{pre}resume", "push_resume", default=True, show_default=True,
+                                 help="Skip instances this destination acknowledged in an earlier run."))
         if send_flag:
-            func = click.option("--send", is_flag=True,
-                                help="After writing, push the output folder (see `medsynth push --help`).")(func)
+            opts.insert(0, click.option("--send", "push_send", is_flag=True,
+                                        help="After writing, push the output folder to a PACS "
+                                             "(C-STORE: --host/--port/--called-aet; STOW-RS: --stow; "
+                                             "see `medsynth push --help`)."))
+            opts.append(click.option("--send-report", "push_report", type=click.Path(dir_okay=False, path_type=Path),
+                                     help="With --send: write the JSON push report to this file."))
+        for opt in reversed(opts):
+            func = opt(func)
         return func
 
     return deco
@@ -131,17 +146,17 @@ def resolve_auth(auth_file: Path | None, environ: dict[str, str] | None = None) 
 
 
 def push_config_from_options(kwargs: dict[str, Any], *, require: bool = True) -> PushConfig | None:
-    """Pop the push options (and ``send``) from a click ``kwargs`` dict and build a PushConfig.
+    """Pop the ``push_*`` options from a click ``kwargs`` dict and build a PushConfig.
 
-    With a ``send`` key (generate), returns None unless ``--send`` was given. Otherwise (push)
-    a destination is required when ``require``.
+    With ``--send`` among them (generate), returns None unless it was given. Otherwise a destination
+    is required when ``require``. (``push_report``, if present, is left for the caller.)
     """
     opts = {name: kwargs.pop(name, None) for name in PUSH_OPTION_NAMES}
-    if "send" in kwargs and not kwargs.pop("send"):
-        if opts["host"] or opts["stow"]:
+    host, port, called, stow = opts["push_host"], opts["push_port"], opts["push_called_aet"], opts["push_stow"]
+    if "push_send" in kwargs and not kwargs.pop("push_send"):
+        if host or stow:
             raise ConfigError("--host/--stow given without --send")
         return None
-    host, port, called, stow = opts["host"], opts["port"], opts["called_aet"], opts["stow"]
     if stow and (host or port or called):
         raise ConfigError("give either --stow URL or --host/--port/--called-aet, not both")
     target: DimseTarget | StowTarget
@@ -149,24 +164,29 @@ def push_config_from_options(kwargs: dict[str, Any], *, require: bool = True) ->
         from medsynth.push.stow import check_url
 
         check_url(stow)
-        target = StowTarget(stow, resolve_auth(opts["auth_file"]), verify_tls=not opts["insecure"])
+        target = StowTarget(stow, resolve_auth(opts["push_auth_file"]), verify_tls=not opts["push_insecure"])
     elif host or port or called:
         missing = [n for n, v in (("--host", host), ("--port", port), ("--called-aet", called)) if not v]
         if missing:
             raise ConfigError(f"C-STORE needs --host, --port and --called-aet; missing {', '.join(missing)}")
-        target = DimseTarget(str(host), int(port), str(called), str(opts["calling_aet"] or "MEDSYNTH"))
+        target = DimseTarget(str(host), int(port), str(called), str(opts["push_calling_aet"] or "MEDSYNTH"))
     else:
         if not require:
             return None
         raise ConfigError("no destination: give --host/--port/--called-aet (C-STORE) or --stow URL (STOW-RS)")
+
+    def num(name: str, default: float) -> float:
+        v = opts[name]
+        return float(default if v is None else v)
+
     return PushConfig(
         target=target,
-        batch_size=int(opts["batch_size"] or 50),
-        retries=int(opts["retries"] if opts["retries"] is not None else 3),
-        backoff_s=float(opts["backoff"] if opts["backoff"] is not None else 1.0),
-        timeout_s=float(opts["timeout"] or 30.0),
-        resume=bool(opts["resume"] if opts["resume"] is not None else True),
-        state_path=opts["state"],
+        batch_size=int(num("push_batch_size", 50)),
+        retries=int(num("push_retries", 3)),
+        backoff_s=num("push_backoff", 1.0),
+        timeout_s=num("push_timeout", 30.0),
+        resume=bool(True if opts["push_resume"] is None else opts["push_resume"]),
+        state_path=opts["push_state"],
     )
 
 
@@ -222,24 +242,42 @@ def write_report(report: PushReport, path: Path) -> None:
         raise OutputError(f"cannot write the report ({err.strerror})", path) from None
 
 
-def finish_push(
-    folder: Path, config: PushConfig, *, json_out: bool, report_path: Path | None, progress: bool = True
+def run_push(
+    folder: Path, config: PushConfig, *, table_to_stderr: bool, report_path: Path | None, progress: bool = True
 ) -> PushReport:
-    """Push, print the table (stderr when ``json_out``) and JSON, write the report; PushError if anything failed."""
-    from medsynth.cli._common import echo_json
+    """Push, print the final table and write the JSON report (if asked); never raises for remote failures."""
     from medsynth.push.runner import push_folder
 
     report = push_folder(folder, config, progress=progress)
-    print_report(report, stderr=json_out)
+    print_report(report, stderr=table_to_stderr)
     if report_path is not None:
         write_report(report, report_path)
+    return report
+
+
+def check_push(report: PushReport, report_path: Path | None = None) -> None:
+    """Raise PushError (exit code 1, one line) when anything failed."""
+    if report.ok:
+        return
+    c = report.to_json()["counts"]
+    raise PushError(
+        f"{c['failed']} of {c['total']} instances failed"
+        + (f" ({report.errors[0]})" if report.errors else "")
+        + (f"; details in {report_path}" if report_path else "; see the table above")
+    )
+
+
+def finish_push(
+    folder: Path, config: PushConfig, *, json_out: bool, report_path: Path | None, progress: bool = True
+) -> PushReport:
+    """What ``medsynth push`` does after parsing: push, table (stderr with ``json_out``), report, JSON.
+
+    Raises PushError when anything failed.
+    """
+    from medsynth.cli._common import echo_json
+
+    report = run_push(folder, config, table_to_stderr=json_out, report_path=report_path, progress=progress)
     if json_out:
         echo_json(report.to_json())
-    if not report.ok:
-        c = report.to_json()["counts"]
-        raise PushError(
-            f"{c['failed']} of {c['total']} instances failed"
-            + (f" ({report.errors[0]})" if report.errors else "")
-            + (f"; details in {report_path}" if report_path else "; see the table above")
-        )
+    check_push(report, report_path)
     return report
