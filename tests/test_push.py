@@ -472,3 +472,25 @@ def test_push_options_for_other_commands(tmp_path: Path) -> None:
     assert (cfg.batch_size, cfg.retries, cfg.timeout_s, cfg.resume) == (7, 0, 5.0, True)
     res = runner.invoke(fake_generate, ["--host", "pacs"])  # destination without --send: refused
     assert res.exit_code != 0
+
+
+def test_generate_send_pushes_what_it_wrote(pacs: Orthanc, tmp_path: Path) -> None:
+    """`medsynth generate --send` (tiny random-weight pack) ends with the study in Orthanc."""
+    from _packs import make_tiny_pack
+
+    pack, _ = make_tiny_pack(tmp_path / "ct-body", size=16, uses_position=True, model_id="ct-body")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(pack), "--slices", "3", "--steps", "2",
+                                   "-o", str(out), "--json", "--send", "--host", "127.0.0.1", "--port",
+                                   str(pacs.dicom_port), "--called-aet", pacs.aet, "--send-report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["push"]["counts"]["sent"] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(pacs.instance_uids()) == {f["sop_instance_uid"] for f in manifest["files"]}
+    assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
+    # --send with a non-DICOM format is refused before anything is sampled
+    res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(pack), "--format", "png", "-o",
+                                   str(tmp_path / "png"), "--send", "--stow", f"{pacs.url}/dicom-web/studies"])
+    assert res.exit_code == 2 and "--send needs --format dicom" in res.output
+    assert not (tmp_path / "png").exists()

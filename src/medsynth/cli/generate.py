@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from medsynth.cli._common import echo_json, handle_errors
+from medsynth.push.options import push_options
 
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,12 +43,13 @@ from medsynth.cli._common import echo_json, handle_errors
 @click.option("--preview", is_flag=True, help="Also write preview.png, a contact sheet of the first slices.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (a previous run's files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
+@push_options(send_flag=True)
 @handle_errors
 def generate(modality: str, out_dir: Path, patients: int, studies: int, series: int, slices: int,
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
              sampler: str | None, eta: float, guidance: float | None, model: Path | None,
              model_dir: Path | None, device: str, threads: int | None, batch_size: int, fmt: str,
-             preview: bool, force: bool, as_json: bool) -> None:
+             preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
     """Sample synthetic slices with onnxruntime (no torch) and write a synthetic study.
 
     Sampler, steps and guidance default to the model pack's own settings. Slices are written as
@@ -58,6 +61,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m mr-brain --condition flair --patients 3 --slices 24 --seed 1 -o out/
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
+      medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
     """
     from rich.console import Console
     from rich.progress import (
@@ -70,9 +74,15 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
     )
     from rich.table import Table
 
+    from medsynth.errors import ConfigError
     from medsynth.generate import GenerateConfig
     from medsynth.generate import generate as run_generate
+    from medsynth.push.options import check_push, finish_push, push_config_from_options, run_push
 
+    send_report = push_kwargs.pop("push_report", None)
+    push_cfg = push_config_from_options(push_kwargs)  # checked before sampling; None without --send
+    if push_cfg is not None and fmt != "dicom":
+        raise ConfigError("--send needs --format dicom")
     cfg = GenerateConfig(
         modality=modality, out_dir=out_dir, patients=patients, studies=studies, series=series, slices=slices,
         condition=condition, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance, model=model,
@@ -81,7 +91,13 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         preview=preview, force=force, reproducible_uids=reproducible_uids,
     )
     if as_json:
-        echo_json(run_generate(cfg).to_json())
+        summary = run_generate(cfg).to_json()
+        if push_cfg is None:
+            echo_json(summary)
+            return
+        report = run_push(out_dir, push_cfg, table_to_stderr=True, report_path=send_report, progress=False)
+        echo_json({**summary, "push": report.to_json()})
+        check_push(report, send_report)
         return
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -112,3 +128,5 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
+    if push_cfg is not None:
+        finish_push(result.out_dir, push_cfg, json_out=False, report_path=send_report)
