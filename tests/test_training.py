@@ -198,6 +198,10 @@ def test_missing_label_is_refused(dataset: Path, tmp_path: Path) -> None:
     # resuming on a dataset that lacks a label the run was trained with
     run = tmp_path / "run"
     train(dataset, run, overrides={**TINY, "optim.steps": 1}, progress=False)
+    # a named label without slices trains (prepare lists every preset condition) but is reported
+    one_label = make_dataset(tmp_path / "one", n=4, label_values=[0, 0, 0, 0])
+    s = train(one_label, tmp_path / "r1", overrides={**TINY, "optim.steps": 1}, progress=False)
+    assert s.warnings == ("label 'pneumonia' has no slices in the dataset; the model will not learn it",)
     fewer = make_dataset(tmp_path / "fewer", n=4, labels=("normal",))
     with pytest.raises(DatasetError, match=r"lacks label\(s\) \['pneumonia'\]"):
         train(fewer, run, overrides={"optim.steps": 2}, resume=True, progress=False)

@@ -243,7 +243,8 @@ def model_card(meta: PackMetadata) -> str:
     tr = meta.training
     cfg = tr.get("config", {})
     model_cfg, sched_cfg, optim_cfg = cfg.get("model", {}), cfg.get("schedule", {}), cfg.get("optim", {})
-    hours = float(tr.get("train_seconds", 0.0)) / 3600.0
+    secs = float(tr.get("train_seconds", 0.0))
+    duration = f"{secs / 3600:.1f} h" if secs >= 3600 else f"{secs / 60:.1f} min"
     lines = [
         f"# Model card: {meta.model_id}",
         "",
@@ -287,7 +288,7 @@ def model_card(meta: PackMetadata) -> str:
         f"- {tr.get('steps')} steps, batch {optim_cfg.get('batch_size')}, AdamW lr {optim_cfg.get('lr')}, "
         f"loss {optim_cfg.get('loss')}, label dropout {optim_cfg.get('label_dropout')}, "
         f"EMA {optim_cfg.get('ema_decay')} (exported weights: EMA), seed {optim_cfg.get('seed')}",
-        f"- Final training loss {tr.get('final_loss')}; {hours:.2f} h of training on {tr.get('hardware')} "
+        f"- Final training loss {tr.get('final_loss')}; {duration} of training on {tr.get('hardware')} "
         f"({tr.get('device')}, {tr.get('precision')})",
         f"- Software: medsynth {meta.software_version}, torch {tr.get('torch')}, MONAI {tr.get('monai')}; "
         f"schedule `{sched_cfg.get('schedule')}`",

@@ -290,17 +290,19 @@ def save_sample_grid(
     preset: Preset,
     labels: tuple[str, ...],
     device: torch.device,
+    rows: tuple[int, ...] | None = None,
 ) -> Path:
     """Sample ``sample_per_label`` images per label with DDIM from ``model`` (EMA) and save a PNG.
 
-    Rows are labels, columns samples (positions spread over 0.2..0.8 when position-conditioned),
-    shown in the preset's first display window.
+    Rows are labels (``rows``: their indices, default all), columns samples (positions spread over
+    0.2..0.8 when position-conditioned), shown in the preset's first display window.
     """
     from PIL import Image
 
     per = config.optim.sample_per_label
-    n_lab = len(labels)
-    lab = torch.arange(n_lab, dtype=torch.long).repeat_interleave(per)
+    row_labels = rows if rows else tuple(range(len(labels)))
+    n_lab = len(row_labels)
+    lab = torch.tensor(row_labels, dtype=torch.long).repeat_interleave(per)
     pos = None
     if config.model.use_position:
         pos = torch.linspace(0.2, 0.8, per).repeat(n_lab).to(torch.float32)
@@ -392,7 +394,7 @@ def train(
         _check_resume_dataset(ds, info)
     device = pick_device(cfg.optim.device)
     precision = pick_precision(cfg.optim.precision, device)
-    threads = cfg.optim.threads or (os.cpu_count() or 1)
+    threads = cfg.optim.threads or torch.get_num_threads()  # torch's default: the physical cores
     torch.set_num_threads(threads)
     _prepare_run_dir(run_dir, resume)
     if not resume:
@@ -414,6 +416,8 @@ def train(
         save_config(run_dir / CONFIG_NAME, cfg)  # resumable settings (steps, budget) may have changed
 
     labels = tuple(ds.manifest.labels)
+    counts = np.bincount(np.asarray(ds.labels), minlength=len(labels))
+    grid_rows = tuple(i for i in range(len(labels)) if counts[i] > 0)  # labels the model sees
     torch.manual_seed(cfg.optim.seed)
     model = build_denoiser(cfg.model, len(labels)).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -517,7 +521,7 @@ def train(
                 bar.update(task, completed=step)
                 if o.sample_every and step % o.sample_every == 0 and step < steps_target:
                     grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset,
-                                                  labels, device))
+                                                  labels, device, grid_rows))
                 if o.checkpoint_every and step % o.checkpoint_every == 0 and step < steps_target:
                     checkpoint()
                 if time.monotonic() - t_start >= budget_s and step < steps_target:
@@ -532,7 +536,8 @@ def train(
     loop_s = time.monotonic() - t_loop
     checkpoint()
     if step > start_step or not (run_dir / "samples").is_dir():
-        grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset, labels, device))
+        grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset, labels, device,
+                                       grid_rows))
     total = prior_seconds + (time.monotonic() - t_loop)
     done = step - start_step
     return TrainSummary(
