@@ -20,6 +20,9 @@ from medsynth.sampling.runtime import open_denoiser, physical_cores
 from medsynth.sampling.samplers import Conditioning, SamplerConfig, sample
 
 SIZE = 16
+# Two torch (OpenMP) threads on this busy 2-core machine run the tiny UNet ~200x slower than one
+# (threads spin at barriers while their partner is descheduled); the tests need no torch speed.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
