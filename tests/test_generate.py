@@ -187,3 +187,20 @@ def test_memory_is_bounded_by_the_batch_not_the_run(packs: Path, tmp_path: Path)
         tracemalloc.stop()
         assert res.slices == slices
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_coherent_noise_is_unit_gaussian_and_smooth_along_the_series() -> None:
+    from medsynth.generate import ANCHOR_SLICES, _coherent_noise
+
+    shape = (1, 64, 64)
+    z = np.stack([_coherent_noise(7, (0, 0, 0), k, shape) for k in range(2 * ANCHOR_SLICES + 1)])
+    assert z.dtype == np.float32
+    assert abs(float(z.std()) - 1.0) < 0.05 and abs(float(z.mean())) < 0.05
+
+    def corr(a: int, b: int) -> float:
+        return float(np.corrcoef(z[a].ravel(), z[b].ravel())[0, 1])
+
+    assert corr(3, 4) > 0.9  # neighbours share most of their noise
+    assert abs(corr(0, ANCHOR_SLICES)) < 0.1  # anchors are independent
+    assert np.array_equal(z[5], _coherent_noise(7, (0, 0, 0), 5, shape))  # reproducible
+    assert not np.array_equal(z[5], _coherent_noise(7, (0, 0, 1), 5, shape))  # per series

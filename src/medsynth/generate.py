@@ -9,9 +9,10 @@ number of patients.
 
 Reproducibility: every slice's noise comes from its own ``numpy.random.SeedSequence(seed,
 spawn_key=(patient, study, series, slice))``, so the pixels do not depend on the batch size. When
-the pack uses the slice-position condition, all slices of a series share one noise stream
-(``spawn_key=(patient, study, series)``) and differ only by position, which keeps neighbouring
-slices coherent; otherwise slices are independent.
+the pack uses the slice-position condition, the starting noise of a series varies smoothly along
+it (:func:`_coherent_noise`: each slice lies on the great-circle arc between anchor noises drawn
+every ``ANCHOR_SLICES`` slices), so neighbouring slices are coherent while distant ones differ;
+otherwise slices are independent. The per-step noise of stochastic samplers is always per slice.
 """
 
 from __future__ import annotations
@@ -170,6 +171,28 @@ def resolve_pack(preset: Preset, model: Path | None, model_dir: Path | None = No
 
 def _slice_rng(seed: int, key: tuple[int, ...]) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+ANCHOR_SLICES = 8
+_ANCHOR_KEY = 1_000_000  # anchor spawn keys never collide with slice indices (< 10000)
+
+
+def _coherent_noise(seed: int, series_key: tuple[int, ...], index: int,
+                    shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """Starting noise of slice ``index`` of a series, float32 ``shape``, exactly N(0, 1) per pixel.
+
+    Slice k lies on the great-circle arc between anchors A_j and A_{j+1} (j = k // ANCHOR_SLICES):
+    cos(θ)·A_j + sin(θ)·A_{j+1} with θ = (k mod ANCHOR_SLICES)/ANCHOR_SLICES · π/2, so neighbours
+    share most of their noise and slices ANCHOR_SLICES apart are independent. (Hand-written: neither
+    numpy nor onnxruntime has series-coherent noise.)
+    """
+    j, r = divmod(index, ANCHOR_SLICES)
+    a = _slice_rng(seed, (*series_key, _ANCHOR_KEY + j)).standard_normal(shape, dtype=np.float32)
+    if r == 0:
+        return a
+    b = _slice_rng(seed, (*series_key, _ANCHOR_KEY + j + 1)).standard_normal(shape, dtype=np.float32)
+    theta = r / ANCHOR_SLICES * np.pi / 2.0
+    return (np.cos(theta) * a + np.sin(theta) * b).astype(np.float32)
 
 
 def _window_8bit(physical: npt.NDArray[np.floating], window: Window) -> npt.NDArray[np.uint8]:
@@ -354,7 +377,7 @@ def generate(
             "model_dir": str(pack.root), "provider": denoiser.info.provider, "model_file": denoiser.info.model_file,
             "sampler": sampler_cfg.sampler, "steps": sampler_cfg.steps, "eta": sampler_cfg.eta,
             "guidance": sampler_cfg.guidance, "spacing": sampler_cfg.spacing, "condition": condition,
-            "seed": seed, "noise": "shared per series" if shared else "independent per slice",
+            "seed": seed, "noise": "coherent along each series" if shared else "independent per slice",
             "batch_size": cfg.batch_size,
         }
     }
@@ -385,12 +408,15 @@ def generate(
     # the DICOM writer's __exit__ leaves a manifest of the complete files if sampling fails
     with writer if sink is None else contextlib.nullcontext():
         for batch in _batches(_items(cfg, n_slices), cfg.batch_size):
-            rngs = [_slice_rng(seed, it.series_key if shared else (*it.series_key, it.index)) for it in batch]
+            rngs = [_slice_rng(seed, (*it.series_key, it.index)) for it in batch]
 
             def noise(shape: tuple[int, ...], rngs: list[np.random.Generator] = rngs) -> npt.NDArray[np.float32]:
                 return np.stack([g.standard_normal(shape[1:], dtype=np.float32) for g in rngs])
 
-            x_t = noise((len(batch), 1, rows, cols))
+            if shared:
+                x_t = np.stack([_coherent_noise(seed, it.series_key, it.index, (1, rows, cols)) for it in batch])
+            else:
+                x_t = noise((len(batch), 1, rows, cols))
             position = None
             if meta.uses_position:
                 position = np.array([it.index / (it.n - 1) if it.n > 1 else 0.5 for it in batch], dtype=np.float32)

@@ -148,7 +148,10 @@ def open_denoiser(pack: ModelPack, device: DeviceName = "auto", threads: int | N
         raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DeviceError("no ONNX runtime installed: pip install 'medsynth[cpu]' (or 'medsynth[gpu]' for CUDA)") from None
 
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
