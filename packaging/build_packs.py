@@ -74,9 +74,17 @@ def stage_prepare(pid: str, recipe: dict[str, Any], work: Path, shared: Path) ->
 
 
 def stage_train(pid: str, recipe: dict[str, Any], work: Path) -> None:
+    """``train`` (a fresh run), then every ``resume`` entry in order (``train --resume`` with those flags).
+
+    The steps reached depend on the machine's speed, since the recipes give time budgets
+    (``--max-minutes``); each pack's model card records the steps and hours it actually got.
+    """
     run = work / f"run-{pid}"
-    resume = ["--resume"] if (run / "config.json").is_file() else []
-    medsynth("train", str(work / f"ds-{pid}"), "-o", str(run), *recipe["train"], *resume, "--quiet", "--json")
+    ds = str(work / f"ds-{pid}")
+    if not (run / "config.json").is_file():
+        medsynth("train", ds, "-o", str(run), *recipe["train"], "--quiet", "--json")
+    for extra in recipe.get("resume", []):
+        medsynth("train", ds, "-o", str(run), "--resume", *extra, "--quiet", "--json")
 
 
 def stage_export(pid: str, recipe: dict[str, Any], work: Path) -> None:
