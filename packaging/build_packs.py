@@ -91,7 +91,7 @@ def stage_export(pid: str, recipe: dict[str, Any], work: Path) -> None:
     from medsynth.export.pack_writer import write_model_card
 
     pack = PACKS / pid
-    medsynth("export", str(work / f"run-{pid}"), "-o", str(pack), "--force", "--json")
+    medsynth("export", str(work / f"run-{pid}"), "-o", str(pack), *recipe.get("export", []), "--force", "--json")
     meta_path = pack / "pack.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["training"]["prepare"] = recipe["prepare"]
