@@ -132,9 +132,23 @@ def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n
     head, _, tail = text.partition("## Quality\n")
     _, _, rest = tail.partition("## Limitations")
     card.write_text(head + "## Quality\n\n" + block + "\n## Limitations" + rest, encoding="utf-8")
+    flag_card(pack_dir, fails)
     _update_quality_md(pid, block)
     del m
     print(block)
+
+
+def flag_card(pack_dir: Path, fails: list[str]) -> None:
+    """Put a warning under the card's title when the pack misses QUALITY.md's acceptance thresholds."""
+    if not fails:
+        return
+    card = pack_dir / "MODEL_CARD.md"
+    title, _, body = card.read_text(encoding="utf-8").partition("\n")
+    warning = ("\n> **Experimental: this pack is below the acceptance thresholds of QUALITY.md** ("
+               + "; ".join(fails) + "). It was trained for too few steps on a 2-core CPU; `medsynth generate` "
+               "says so in its notes. Retrain it longer (packaging/packs.toml) before relying on it.\n")
+    if "below the acceptance thresholds" not in body:
+        card.write_text(title + "\n" + warning + body, encoding="utf-8")
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:

@@ -356,6 +356,9 @@ def generate(
     seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
     n_slices = cfg.slices if preset.is_volume else 1
     notes: list[str] = []
+    if pack.metadata.quality.get("thresholds_met") is False:
+        notes.append(f"model pack {pack.metadata.model_id} is below the acceptance thresholds of QUALITY.md "
+                     f"({'; '.join(pack.metadata.quality.get('failures', []))}): see its MODEL_CARD.md")
     if not preset.is_volume and cfg.slices not in (1, 32):
         notes.append(f"{preset.name} is a 2D preset: one image per series (--slices ignored)")
     shared = cfg.noise == "shared" or (cfg.noise == "auto" and meta.uses_position and preset.is_volume)
