@@ -133,6 +133,7 @@ def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n
     _, _, rest = tail.partition("## Limitations")
     card.write_text(head + "## Quality\n\n" + block + "\n## Limitations" + rest, encoding="utf-8")
     flag_card(pack_dir, fails)
+    describe_card(pack_dir, recipe.get("seen", ""))
     _update_quality_md(pid, block)
     del m
     print(block)
@@ -149,6 +150,15 @@ def flag_card(pack_dir: Path, fails: list[str]) -> None:
                "says so in its notes. Retrain it longer (packaging/packs.toml) before relying on it.\n")
     if "below the acceptance thresholds" not in body:
         card.write_text(title + "\n" + warning + body, encoding="utf-8")
+
+
+def describe_card(pack_dir: Path, seen: str) -> None:
+    """Add what a person saw in the samples (the recipe's ``seen``) to the card's Limitations."""
+    card = pack_dir / "MODEL_CARD.md"
+    text = card.read_text(encoding="utf-8")
+    if seen and "Seen in the samples" not in text:
+        text = text.replace("## Limitations\n\n", f"## Limitations\n\nSeen in the samples: {seen}\n\n", 1)
+        card.write_text(text, encoding="utf-8")
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:
