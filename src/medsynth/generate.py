@@ -35,6 +35,7 @@ import numpy.typing as npt
 from medsynth import __version__
 from medsynth.dicom_io.geometry import VolumeGeometry
 from medsynth.errors import ConfigError, ModelPackError, OutputError
+from medsynth.outputs import require_usable_output
 from medsynth.pack import ModelPack, bundled_packs_dir, load_pack
 from medsynth.presets import IntensityMapping, Preset, Window, get_preset
 from medsynth.sampling.runtime import DeviceName
@@ -239,10 +240,7 @@ def _contact_sheet(tiles: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
 
 def _prepare_plain_output(out_dir: Path, force: bool) -> None:
     """For NIfTI/PNG: create ``out_dir`` or require it empty (``force``: same-named files are replaced)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputError("output folder is not empty (use --force to write into it)", out_dir)
+    require_usable_output(out_dir, force, "write into it")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -50,6 +50,7 @@ from medsynth.dataset import DatasetManifest, SourceRecord, save_dataset
 from medsynth.dicom_io.geometry import VolumeGeometry
 from medsynth.dicom_io.reader import ImageSeries, InputKind, Skipped, discover_files, input_kind, iter_images
 from medsynth.errors import ConfigError, InputError, MedsynthError, OutputError
+from medsynth.outputs import require_usable_output
 from medsynth.presets import Modality, Preset, get_preset
 
 if TYPE_CHECKING:
@@ -505,10 +506,7 @@ def write_contact_sheet(path: Path, slices: npt.NDArray[np.float32], labels: npt
 
 
 def _check_output(output: Path, force: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise OutputError("output exists and is not a folder", output)
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise OutputError("output folder is not empty; use --force to replace it", output)
+    require_usable_output(output, force, "replace it")
 
 
 def _publish(tmp: Path, output: Path) -> None:

@@ -73,6 +73,7 @@ from medsynth.dicom_io.identity import (
 )
 from medsynth.dicom_io.uids import UidFactory, normalise_root
 from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
+from medsynth.outputs import require_usable_output
 from medsynth.presets import CodedConcept, Modality, Preset, Window
 
 PRIVATE_GROUP = 0x0011
@@ -366,11 +367,7 @@ def _prepare_output(out_dir: Path, force: bool) -> None:
     Only files listed in a previous medsynth manifest (plus its DICOMDIR and manifest) are
     removed, and only when they resolve inside ``out_dir``; nothing else is touched.
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError("exists and is not a folder", out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise OutputError("output folder is not empty (use --force to write into it)", out_dir)
+    if require_usable_output(out_dir, force, "write into it"):
         _remove_previous_run(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medsynth.errors import OutputError
+from medsynth.outputs import require_usable_output
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -84,10 +85,7 @@ def rich_table(data: dict[str, Any]) -> Table:
 
 def check_output(out: Path, force: bool) -> None:
     """Refuse an output path that is a file, or a non-empty folder without ``force``."""
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError("output folder is not empty (use --force to replace the report in it)", out)
+    require_usable_output(out, force, "replace the report in it")
 
 
 def write_report(report: EvaluationReport, out: Path, force: bool = False) -> None:
