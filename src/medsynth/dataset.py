@@ -7,6 +7,10 @@ A dataset is a folder::
       labels.npy        int64   [N], index into manifest["labels"]
       positions.npy     float32 [N], relative position of the slice in its volume, 0 = first
                         (inferior-most for axial CT/MR) .. 1 = last; 0.5 for 2D images
+      volumes.npy       int64   [N], neutral volume index of each slice (0, 1, 2 … in input order;
+                        one per scanned volume/series, one per image for 2D images). It carries no
+                        name or identifier; evaluation splits real data by it, never by slice.
+                        Optional (datasets written before it existed): see :func:`slice_volumes`.
       manifest.json     see :class:`DatasetManifest`
       contact_sheet.png a grid of slices to look at
 
@@ -93,6 +97,7 @@ class PreparedDataset:
     slices: npt.NDArray[np.float32]  # [N, H, W] in [-1, 1]
     labels: npt.NDArray[np.int64]  # [N]
     positions: npt.NDArray[np.float32]  # [N] in [0, 1]
+    volumes: npt.NDArray[np.int64] | None = None  # [N] volume index; None: the dataset predates volumes.npy
 
     def __len__(self) -> int:
         return int(self.slices.shape[0])
@@ -104,12 +109,18 @@ def save_dataset(
     slices: npt.NDArray[np.float32],
     labels: npt.NDArray[np.int64],
     positions: npt.NDArray[np.float32],
+    volumes: npt.NDArray[np.int64] | None = None,
 ) -> None:
-    """Write the arrays and manifest to ``root`` (created). Shapes are validated first."""
+    """Write the arrays and manifest to ``root`` (created). Shapes are validated first.
+    ``volumes`` ``[N]`` (volume index per slice) is written as ``volumes.npy`` when given."""
     _validate(root, manifest, slices, labels, positions)
+    _validate_volumes(root, volumes, len(slices))
     root.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("slices", slices.astype(np.float32)), ("labels", labels.astype(np.int64)),
-                      ("positions", positions.astype(np.float32))):
+    arrays = [("slices", slices.astype(np.float32)), ("labels", labels.astype(np.int64)),
+              ("positions", positions.astype(np.float32))]
+    if volumes is not None:
+        arrays.append(("volumes", np.asarray(volumes).astype(np.int64)))
+    for name, arr in arrays:
         tmp = root / f".{name}.npy.partial"
         with open(tmp, "wb") as fh:
             np.save(fh, arr)
@@ -138,9 +149,37 @@ def load_dataset(root: str | Path) -> PreparedDataset:
             arrays[name] = np.load(p, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise DatasetError(f"cannot read {name}.npy ({exc})", p) from None
-    ds = PreparedDataset(root, manifest, arrays["slices"], arrays["labels"], arrays["positions"])
+    volumes = None
+    vpath = root / "volumes.npy"
+    if vpath.is_file():
+        try:
+            volumes = np.load(vpath, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DatasetError(f"cannot read volumes.npy ({exc})", vpath) from None
+    ds = PreparedDataset(root, manifest, arrays["slices"], arrays["labels"], arrays["positions"], volumes)
     _validate(root, manifest, ds.slices, ds.labels, ds.positions)
+    _validate_volumes(root, volumes, len(ds))
     return ds
+
+
+def slice_volumes(ds: PreparedDataset) -> npt.NDArray[np.int64]:
+    """Volume index ``[N]`` of every slice: ``volumes.npy`` when the dataset has it; for older
+    datasets the per-slice source index (``manifest.slice_sources``: one volume per source record,
+    so a scan split into two labels counts as two volumes), else one volume per slice."""
+    if ds.volumes is not None:
+        return np.asarray(ds.volumes, dtype=np.int64)
+    if len(ds.manifest.slice_sources) == len(ds):
+        return np.asarray(ds.manifest.slice_sources, dtype=np.int64)
+    return np.arange(len(ds), dtype=np.int64)
+
+
+def _validate_volumes(root: Path, volumes: npt.NDArray[Any] | None, n: int) -> None:
+    if volumes is None:
+        return
+    if volumes.shape != (n,) or not np.issubdtype(volumes.dtype, np.integer):
+        raise DatasetError(f"volumes must be integers of shape ({n},), got {volumes.dtype} {volumes.shape}", root)
+    if n and int(np.min(volumes)) < 0:
+        raise DatasetError("volume indices must be non-negative", root)
 
 
 def _validate(

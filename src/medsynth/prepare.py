@@ -551,11 +551,14 @@ def prepare_dataset(
     all_slices: list[npt.NDArray[np.float32]] = []
     all_labels: list[npt.NDArray[np.int64]] = []
     all_pos: list[npt.NDArray[np.float32]] = []
+    all_volumes: list[npt.NDArray[np.int64]] = []  # neutral volume index per slice (never a name)
+    n_volumes = 0
     slice_sources: list[int] = []
     records: list[SourceRecord] = []
 
     def add(summary: SourceSummary, record_files: Sequence[Path], slices: npt.NDArray[np.float32],
-            labels: npt.NDArray[np.int64], positions: npt.NDArray[np.float32]) -> None:
+            labels: npt.NDArray[np.int64], positions: npt.NDArray[np.float32],
+            volumes: npt.NDArray[np.int64]) -> None:
         src_index = len(records)
         records.append(SourceRecord(name=summary.name, sha256=_sha256_files(record_files), slices=int(len(slices)),
                                     label=summary.label, series=summary.series))
@@ -563,6 +566,7 @@ def prepare_dataset(
         all_slices.append(slices)
         all_labels.append(labels)
         all_pos.append(positions)
+        all_volumes.append(volumes)
         slice_sources.extend([src_index] * len(slices))
         for li in labels.tolist():
             name = preset.conditions[li]
@@ -588,7 +592,9 @@ def prepare_dataset(
             add(SourceSummary(name=f.name, label=",".join(preset.conditions[i] for i in np.unique(npz.labels)),
                               label_origin=LabelOrigin.NPZ.value, series=1, slices=len(slices),
                               notes=[f"split {config.split}: {len(slices)} images"]),
-                [f], slices, npz.labels.astype(np.int64), np.full(len(slices), 0.5, np.float32))
+                [f], slices, npz.labels.astype(np.int64), np.full(len(slices), 0.5, np.float32),
+                np.arange(n_volumes, n_volumes + len(slices), dtype=np.int64))  # 2D: one volume per image
+            n_volumes += len(slices)
         except MedsynthError as exc:
             report.skipped.append(Skipped(f, exc.message))
 
@@ -600,6 +606,7 @@ def prepare_dataset(
         report.series_found += 1
         series = item
         first = series.files[0]
+        volume, n_volumes = n_volumes, n_volumes + 1
         try:
             matched = _rules_for(first if len(series.files) == 1 else first.parent, series.name, rules)
             targets: list[tuple[str, LabelOrigin, ZRange | None]]
@@ -622,7 +629,7 @@ def prepare_dataset(
                 add(SourceSummary(name=series.name, label=label, label_origin=origin.value, series=1, slices=k,
                                   notes=list(prepared.notes)),
                     series.files, prepared.slices, np.full(k, preset.condition_index(label), np.int64),
-                    prepared.positions)
+                    prepared.positions, np.full(k, volume, np.int64))  # one scan's targets: one volume
         except MedsynthError as exc:
             report.skipped.append(Skipped(exc.path or first, exc.message))
 
@@ -641,7 +648,7 @@ def prepare_dataset(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     try:
-        save_dataset(tmp, manifest, slices, labels, positions)
+        save_dataset(tmp, manifest, slices, labels, positions, np.concatenate(all_volumes).astype(np.int64))
         write_contact_sheet(tmp / "contact_sheet.png", slices, labels, preset)
         _publish(tmp, output)
     except OSError as exc:
