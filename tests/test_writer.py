@@ -189,7 +189,7 @@ def test_hierarchy_and_series_coherence_oblique(tmp_path: Path) -> None:
     assert len({d.PatientID for d in dsets}) == 2
     assert len({d.StudyInstanceUID for d in dsets}) == 4
     assert len({d.SeriesInstanceUID for d in dsets}) == 8
-    assert len({d.FrameOfReferenceUID for d in dsets}) == 8
+    assert len({d.FrameOfReferenceUID for d in dsets}) == 4  # one patient coordinate system per study
     by_series: dict[str, list[pydicom.Dataset]] = {}
     for d in dsets:
         by_series.setdefault(d.SeriesInstanceUID, []).append(d)
@@ -378,3 +378,67 @@ def test_preset_encoding_matches_preset() -> None:
         assert lo <= preset.intensity.physical_low and hi >= preset.intensity.physical_high
         if preset.modality is Modality.CT:
             assert (lo, hi) == (-1024.0, 3071.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Namespaces: the same seed under another preset / model / input / option shares nothing
+# ------------------------------------------------------------------------------------------------
+
+
+def _identifiers(out: Path, manifest: dict) -> dict[str, set[str]]:
+    dsets = read_all(out, manifest)
+    keys = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "PatientID",
+            "AccessionNumber")
+    return {k: {str(d.get(k)) for d in dsets if k in d} for k in keys}
+
+
+def _plan(preset_name: str, out: Path, prov: Provenance, **opts: object) -> dict:
+    vol, geom = random_volume(preset_name, 2)
+    options = WriterOptions(patients=2, studies_per_patient=2, seed=7, **opts)  # type: ignore[arg-type]
+    return write_volume(vol, geom, get_preset(preset_name), out, options, prov)
+
+
+def test_same_seed_other_preset_or_model_shares_no_identifier(tmp_path: Path) -> None:
+    mr_prov = Provenance(model_id="mr-brain", model_sha256="cd" * 32, seed=7, condition="t1")
+    runs = {
+        "ct": _plan("ct-pelvis", tmp_path / "ct", PROV),
+        "mr": _plan("mr-brain", tmp_path / "mr", mr_prov),
+        "ct-chest": _plan("ct-chest", tmp_path / "ct-chest", PROV),  # same model, other preset
+        "other-pack": _plan("ct-pelvis", tmp_path / "pk", Provenance(**{**PROV.to_json(), "pack_identity": "ee" * 32})),
+        "other-plan": _plan("ct-pelvis", tmp_path / "pl", PROV, series_per_study=2),
+    }
+    ids = {name: _identifiers(tmp_path / {"ct": "ct", "mr": "mr", "ct-chest": "ct-chest", "other-pack": "pk",
+                                          "other-plan": "pl"}[name], m) for name, m in runs.items()}
+    names = sorted(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for key in ids[a]:
+                assert not ids[a][key] & ids[b][key], (a, b, key)
+    # and the same namespace + seed reproduces them
+    again = _plan("ct-pelvis", tmp_path / "ct2", PROV)
+    assert _identifiers(tmp_path / "ct2", again) == ids["ct"]
+    assert again["uid_namespace"] == runs["ct"]["uid_namespace"] != runs["mr"]["uid_namespace"]
+
+
+def test_ct_and_mr_with_the_same_seed_both_land_in_orthanc(tmp_path: Path) -> None:
+    from _orthanc import start_orthanc
+    from medsynth.push.model import DimseTarget, PushConfig
+    from medsynth.push.runner import push_folder
+
+    _plan("ct-pelvis", tmp_path / "ct", PROV)
+    _plan("mr-brain", tmp_path / "mr", Provenance(model_id="mr-brain", model_sha256="cd" * 32, seed=7))
+    try:
+        pacs = start_orthanc(tmp_path / "orthanc")
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        target = DimseTarget(host="127.0.0.1", port=pacs.dicom_port, called_aet=pacs.aet)
+        for name in ("ct", "mr"):
+            push_folder(tmp_path / name, PushConfig(target=target, timeout_s=10.0), progress=False)
+        stored = set(pacs.instance_uids())
+        written = {f["sop_instance_uid"] for name in ("ct", "mr")
+                   for f in json.loads((tmp_path / name / "manifest.json").read_text())["files"]}
+        assert len(written) == 2 * 2 * 2 * 2 and stored == written
+        assert len(pacs.get_json("/patients")) == 4 and len(pacs.get_json("/studies")) == 8
+    finally:
+        pacs.stop()

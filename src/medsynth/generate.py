@@ -371,6 +371,7 @@ def generate(
     provenance = Provenance(
         model_id=meta.model_id, model_sha256=pack.model_sha256, seed=seed, sampler=sampler_cfg.sampler,
         steps=sampler_cfg.steps, guidance=sampler_cfg.guidance, condition=condition, software_version=__version__,
+        pack_identity=getattr(pack, "identity", pack.model_sha256),
     )
     run_info = {
         "generator": {

@@ -1,4 +1,9 @@
-"""DICOM UIDs: unique by default, reproducible when a seed is given.
+"""DICOM UIDs: unique by default, reproducible when a seed is given, never shared across namespaces.
+
+Every UID is named by the run's *namespace* (:func:`run_namespace`: a hash of the preset, the
+pack identity or input hash, the options, and a fresh nonce unless the run is reproducible), the
+seed, and the UID's role. Two runs with the same seed but another preset, pack, input or option
+therefore never share a Study, Series, SOP Instance or Frame of Reference UID.
 
 * No root, no seed: ``2.25.<UUID4 as integer>`` (pydicom ``generate_uid(prefix=None)``).
 * Root, no seed: ``<root>.<random>`` (pydicom ``generate_uid(prefix=root)``).
@@ -10,8 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import secrets
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from pydicom.uid import UID, generate_uid
 
@@ -35,22 +45,33 @@ def normalise_root(root: str | None) -> str | None:
     return r + "."
 
 
+def run_namespace(facts: Mapping[str, Any], reproducible: bool) -> str:
+    """The namespace of one run: a hex SHA-256 of ``facts`` (JSON-ready: preset, pack identity or
+    input hash, options ...) plus, unless ``reproducible``, a fresh 128-bit nonce."""
+    payload: dict[str, Any] = {"facts": dict(facts)}
+    if not reproducible:
+        payload["nonce"] = secrets.token_hex(16)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class UidFactory:
     """Makes UIDs for one writer run.
 
     ``uid(*role)`` returns a UID for the named role (e.g. ``("study", 0, 1)``); with a seed the
-    same role always gives the same UID, without one every call is fresh and random.
+    same namespace and role always give the same UID, without one every call is fresh and random.
     """
 
-    def __init__(self, root: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, root: str | None = None, seed: int | None = None, namespace: str = "") -> None:
         self.root = normalise_root(root)
         self.seed = seed
+        self.namespace = namespace
 
     def uid(self, *role: object) -> UID:
         """A UID for ``role`` (deterministic iff the factory has a seed)."""
         if self.seed is None:
             return generate_uid(prefix=self.root)
-        name = "/".join(["medsynth", str(self.seed), *(str(r) for r in role)])
+        name = "/".join(["medsynth", self.namespace, str(self.seed), *(str(r) for r in role)])
         if self.root is None:
             return UID(f"2.25.{uuid.uuid5(_NAMESPACE, name).int}")
         return generate_uid(prefix=self.root, entropy_srcs=[name])

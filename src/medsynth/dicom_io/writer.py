@@ -71,7 +71,7 @@ from medsynth.dicom_io.identity import (
     make_study,
     run_entropy,
 )
-from medsynth.dicom_io.uids import UidFactory, normalise_root
+from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
 from medsynth.outputs import require_usable_output
 from medsynth.presets import CodedConcept, Modality, Preset, Window
@@ -103,6 +103,7 @@ PRIVATE_TAGS: dict[str, tuple[int, str]] = {
     "condition": (0x07, "LO"),
     "software_version": (0x08, "LO"),
     "source_sha256": (0x09, "LO"),
+    "pack_identity": (0x0A, "LO"),
     "json": (0x10, "UT"),
 }
 
@@ -131,6 +132,7 @@ class Provenance:
     condition: str | None = None
     software_version: str = __version__
     source_sha256: str | None = None
+    pack_identity: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The non-empty fields, JSON-ready."""
@@ -425,8 +427,9 @@ class SyntheticStudyWriter:
         self.options = options or WriterOptions()
         self.provenance = provenance or Provenance()
         self.force = force
-        self._uids = UidFactory(self.options.uid_root, self.options.seed)
-        self._entropy = run_entropy(self.options.seed)
+        self.namespace = run_namespace(self._namespace_facts(), reproducible=self.options.seed is not None)
+        self._uids = UidFactory(self.options.uid_root, self.options.seed, self.namespace)
+        self._entropy = run_entropy(self.options.seed, self.namespace)
         self._files: list[FileRecord] = []
         self._series: list[_Series] = []
         self._current: _Series | None = None
@@ -495,7 +498,8 @@ class SyntheticStudyWriter:
         series = _Series(
             slot=slot, dir=self.out_dir / rel, rel=rel,
             series_uid=self._uids.uid("series", patient, study, series_index),
-            frame_uid=self._uids.uid("frame", patient, study, series_index),
+            # one patient coordinate system per study: its series share a Frame of Reference
+            frame_uid=self._uids.uid("frame", patient, study),
             number=series_index + 1, geometry=geometry, matrix=(rows, cols), encoding=enc,
             template=Dataset(), description=desc,
         )
@@ -576,6 +580,18 @@ class SyntheticStudyWriter:
         return self._write_manifest(complete=True)
 
     # -- internals --------------------------------------------------------------------------
+    def _namespace_facts(self) -> dict[str, Any]:
+        """What names this run's UIDs and identities: preset, provenance (pack identity, model and
+        input hashes, sampler settings, condition) and the options (plan, identity, UID root)."""
+        o = self.options
+        return {
+            "preset": self.preset.name,
+            "provenance": self.provenance.to_json(),
+            "plan": [o.patients, o.studies_per_patient, o.series_per_study, o.slices_per_series],
+            "identity": asdict(o.identity),
+            "uid_root": normalise_root(o.uid_root),
+        }
+
     def _file_meta(self, sop_uid: UID) -> FileMetaDataset:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
@@ -591,7 +607,7 @@ class SyntheticStudyWriter:
 
     def _patient(self, index: int) -> tuple[PatientIdentity, int]:
         if index not in self._patients:
-            ident = make_patient(self.options.identity, self._entropy, index)
+            ident = make_patient(self.options.identity, self._entropy, index, self.options.studies_per_patient)
             self._patients[index] = (ident, self._uids.uid("patient", index), len(self._patients))
         ident, _, dir_idx = self._patients[index]
         return ident, dir_idx
@@ -599,7 +615,7 @@ class SyntheticStudyWriter:
     def _study(self, patient: int, index: int) -> tuple[StudyIdentity, UID, int]:
         key = (patient, index)
         if key not in self._studies:
-            ident = make_study(self.options.identity, self._entropy, patient, index)
+            ident = make_study(self.options.identity, self._entropy, self._patient(patient)[0], patient, index)
             n = sum(1 for (p, _) in self._studies if p == patient)
             self._studies[key] = (ident, self._uids.uid("study", patient, index), n, 0)
         ident, uid, dir_idx, _ = self._studies[key]
@@ -660,7 +676,7 @@ class SyntheticStudyWriter:
         ds.StudyID = stu.study_id
         ds.AccessionNumber = stu.accession
         ds.StudyDescription = p.study_description
-        ds.PatientAge = age_string(pat.age_years)
+        ds.PatientAge = age_string(stu.age_years)
 
         # General Series
         ds.Modality = p.modality.value
@@ -814,6 +830,7 @@ class SyntheticStudyWriter:
             "sop_class_uid": self.preset.sop_class.value,
             "seed": self.options.seed,
             "uid_root": normalise_root(self.options.uid_root) or "2.25.",
+            "uid_namespace": self.namespace,
             "provenance": self.provenance.to_json(),
             "private_block": {"group": f"{PRIVATE_GROUP:04X}", "creator": PRIVATE_CREATOR},
             "dicomdir": "DICOMDIR" if complete and self._files else None,
