@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from medsynth.cli.main import cli
+from test_writer import dciodvfy
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -51,7 +52,16 @@ def test_real_ct_round_trips_through_simpleitk(tmp_path: Path, shared_data: Path
     assert a.shape == b.shape
     np.testing.assert_array_equal(a.astype(np.int64), b.astype(np.int64))  # HU exactly
     ds = pydicom.dcmread(next(folder.iterdir()))
-    assert ds.Modality == "CT" and ds.SyntheticData == "YES" and ds.BitsStored == 16  # -1207..3382 HU
+    assert ds.Modality == "CT" and ds.BitsStored == 16  # -1207..3382 HU
+    # a real scan is de-identified real data, never called synthetic
+    assert ds.SyntheticData == "NO"
+    purpose = ds.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodeMeaning) == ("109104", "De-identifying Equipment")
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100"]  # no option claimed
+    assert "RecognizableVisualFeatures" not in ds and "BurnedInAnnotation" not in ds  # not checked: no claim
+    assert "synthes" not in str(ds.DerivationDescription).lower()
+    errors, _ = dciodvfy(Path(ds.filename))
+    assert errors == [], errors
 
 
 def test_left_handed_volume_is_written_right_handed(tmp_path: Path) -> None:
@@ -89,6 +99,36 @@ def test_npy_input_uses_spacing_option(tmp_path: Path) -> None:
     code, stdout, _ = run(str(tmp_path / "s.npy"), "-m", "xr-chest", "-o", str(tmp_path / "x"),
                           "--spacing", "0.2,0.2,1", "--json")
     assert code == 0 and json.loads(stdout)["files"] == 1
+
+
+@pytest.mark.parametrize(("preset", "synthetic"), [("mr-brain", False), ("xr-chest", False), ("mr-brain", True),
+                                                   ("ct-chest", True)])
+def test_origin_markers_real_and_synthetic(tmp_path: Path, preset: str, synthetic: bool) -> None:
+    vol = np.random.default_rng(0).integers(0, 3000, size=(2, 12, 10)).astype(np.int16)
+    if preset == "xr-chest":
+        vol = vol[:1]
+    np.save(tmp_path / "v.npy", vol)
+    out = tmp_path / "out"
+    code, stdout, _ = run(str(tmp_path / "v.npy"), "-m", preset, "--spacing", "1,1,2", "-o", str(out),
+                          *(["--synthetic"] if synthetic else []))
+    assert code == 0, stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"]["origin"] == ("synthetic-input" if synthetic else "real")
+    ds = pydicom.dcmread(out / manifest["files"][0]["path"])
+    purpose = ds.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue
+    errors, _ = dciodvfy(out / manifest["files"][0]["path"])
+    assert errors == [], errors
+    if synthetic:
+        assert (ds.SyntheticData, purpose, ds.RecognizableVisualFeatures, ds.BurnedInAnnotation) == (
+            "YES", "109100", "NO", "NO")
+        return
+    assert (ds.SyntheticData, purpose) == ("NO", "109104")
+    if preset == "mr-brain":  # a real head scan: a face can be reconstructed
+        assert ds.RecognizableVisualFeatures == "YES"
+    else:  # DX: type 1, and a real radiograph's pixels were not checked for burned-in text
+        assert ds.BurnedInAnnotation == "YES" and "RecognizableVisualFeatures" not in ds
+    assert manifest["provenance"]["source_sha256"] not in (out / manifest["files"][0]["path"]).read_bytes().decode(
+        "latin-1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,11 +212,11 @@ def test_planted_phi_never_reaches_output(tmp_path: Path, kind: str) -> None:
     assert path.read_bytes() == before  # input untouched
     blobs = {p: p.read_bytes().lower() for p in out.rglob("*") if p.is_file()}
     assert len(blobs) == json.loads(stdout)["files"] + 2  # images, DICOMDIR, manifest.json
-    # positive control: the scan of every byte does see what we did write
+    # the input's sha256 is in the local manifest (positive control of the byte scan), in no DICOM file
     import hashlib
 
     sha = hashlib.sha256(before).hexdigest().encode()
-    assert all(sha in b for p, b in blobs.items() if p.name != "DICOMDIR")
+    assert all((sha in b) == (p.name == "manifest.json") for p, b in blobs.items())
     for label, text in PHI.items():
         needles = {text.lower().encode(), text.split()[0].lower().encode()}
         for p, blob in blobs.items():

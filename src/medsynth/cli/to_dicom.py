@@ -1,4 +1,4 @@
-"""``medsynth to-dicom``: write a NIfTI/NRRD/MHA/.npy volume or slice as a synthetic DICOM study."""
+"""``medsynth to-dicom``: write a NIfTI/NRRD/MHA/.npy volume or slice as a de-identified DICOM study."""
 
 from __future__ import annotations
 
@@ -60,21 +60,28 @@ def _parse_dates(value: str) -> tuple[dt.date, dt.date]:
 @click.option("--age", default="25-85", show_default=True, help="Age in years, or a MIN-MAX range.")
 @click.option("--study-dates", default="2020-01-01:2024-12-31", show_default=True,
               help="Study date, or a FIRST:LAST range.")
+@click.option("--synthetic", is_flag=True,
+              help="The input is itself synthetic (e.g. from a generator): mark the output SyntheticData YES. "
+                   "Without it the input is treated as a real scan and written as de-identified real data.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
 def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing: str | None,
              seed: int | None, uid_root: str | None, patients: int, studies: int, series: int,
-             name_prefix: str, id_prefix: str, sex: str, age: str, study_dates: str, as_json: bool) -> None:
-    """Write INPUT (NIfTI/NRRD/MHA volume, or .npy [z,y,x] / [rows,cols] array) as synthetic DICOM.
+             name_prefix: str, id_prefix: str, sex: str, age: str, study_dates: str, synthetic: bool,
+             as_json: bool) -> None:
+    """Write INPUT (NIfTI/NRRD/MHA volume, or .npy [z,y,x] / [rows,cols] array) as DICOM.
 
     The input's geometry and values are kept (CT in HU, exact for integers); patient, study, dates
-    and UIDs are synthetic; no text from the input's header or name is copied. Writes one file per
-    slice, a DICOMDIR and manifest.json.
+    and UIDs are made up; no text from the input's header or name is copied. A real scan becomes
+    de-identified real data (De-identifying Equipment, SyntheticData NO, pixels not cleaned);
+    --synthetic marks an already synthetic input as synthetic. Writes one file per slice, a
+    DICOMDIR and manifest.json.
 
     \b
     Examples:
       medsynth to-dicom ../shared/data/ct/abdomen_pelvis_totalseg.nii.gz --modality ct-pelvis -o out/
       medsynth to-dicom slices.npy --spacing 0.8,0.8,3 -m ct-chest -o out/ --seed 1 --json
+      medsynth to-dicom generated.nii.gz -m mr-brain -o out/ --synthetic
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -95,7 +102,7 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
         manifest: dict[str, Any] = convert_file(
             input_path, modality, out_dir, options, force=force, spacing_mm=_parse_spacing(spacing),
             on_start=lambda n: progress.update(task, total=n),
-            on_slice=lambda n: progress.update(task, completed=n),
+            on_slice=lambda n: progress.update(task, completed=n), synthetic=synthetic,
         )
     summary = {
         "output": out_dir,

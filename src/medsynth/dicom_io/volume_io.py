@@ -1,7 +1,8 @@
 """Input of ``medsynth to-dicom``: a NIfTI/NRRD/MHA volume or a .npy array, pixels and geometry only.
 
 Only the voxel values, the geometry and the file's SHA-256 leave this module: no file name, header
-text or metadata key of the input can reach the DICOM output (see the privacy test).
+text or metadata key of the input can reach the DICOM output (see the privacy test). The SHA-256
+is recorded in the local manifest only; for a real scan it never reaches a DICOM file.
 """
 
 from __future__ import annotations
@@ -85,13 +86,16 @@ def load_input(path: str | Path, spacing_mm: tuple[float, float, float] | None =
 def convert_file(path: str | Path, preset_name: str, out_dir: str | Path, options: WriterOptions | None = None,
                  force: bool = False, spacing_mm: tuple[float, float, float] | None = None,
                  on_start: Callable[[int], None] | None = None,
-                 on_slice: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """``medsynth to-dicom``: read ``path`` and write it under ``out_dir`` as a synthetic DICOM study.
+                 on_slice: Callable[[int], None] | None = None, synthetic: bool = False) -> dict[str, Any]:
+    """``medsynth to-dicom``: read ``path`` and write it under ``out_dir`` as a DICOM study.
 
-    The input's geometry is kept; its SHA-256 is the only thing recorded about it (provenance
-    ``source_sha256``). ``on_start(total_files)`` and ``on_slice(files_done)`` feed a progress
-    bar. Returns the manifest.
+    By default the input is a real scan and the output is de-identified real data (see
+    :mod:`medsynth.dicom_io.provenance`); ``synthetic=True`` says the input is itself synthetic and
+    marks the output so. The input's geometry is kept; its SHA-256 is the only thing recorded about
+    it (provenance ``source_sha256``, in the manifest; in the files too only when synthetic).
+    ``on_start(total_files)`` and ``on_slice(files_done)`` feed a progress bar. Returns the manifest.
     """
+    from medsynth.dicom_io.provenance import PixelOrigin
     from medsynth.dicom_io.writer import Provenance, WriterOptions, write_volume
     from medsynth.presets import get_preset
 
@@ -100,6 +104,7 @@ def convert_file(path: str | Path, preset_name: str, out_dir: str | Path, option
     volume = load_input(path, spacing_mm)
     if on_start is not None:
         on_start(volume.voxels.shape[0] * options.n_series)
-    provenance = Provenance(source_sha256=volume.sha256)
+    origin = PixelOrigin.SYNTHETIC_INPUT if synthetic else PixelOrigin.REAL
+    provenance = Provenance(source_sha256=volume.sha256, origin=origin)
     return write_volume(volume.voxels, volume.geometry, preset, out_dir, options, provenance, force=force,
                         on_slice=on_slice)

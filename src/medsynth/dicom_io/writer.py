@@ -71,19 +71,31 @@ from medsynth.dicom_io.identity import (
     make_study,
     run_entropy,
 )
+from medsynth.dicom_io.provenance import (
+    MANUFACTURER,
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
+    PRIVATE_TAGS,
+    PixelOrigin,
+    Provenance,
+    add_private_block,
+    apply_origin_markers,
+    code_item,
+    equipment_model_name,
+)
 from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
 from medsynth.outputs import require_usable_output
 from medsynth.presets import CodedConcept, Modality, Preset, Window
 
-PRIVATE_GROUP = 0x0011
-PRIVATE_CREATOR = "MEDSYNTH 1.0"
+__all__ = [
+    "MANIFEST_NAME", "PRIVATE_CREATOR", "PRIVATE_GROUP", "PRIVATE_TAGS", "FileRecord", "PixelEncoding", "PixelOrigin",
+    "Provenance", "SeriesSlot", "SyntheticStudyWriter", "WriterOptions", "write_volume",
+]
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
-MANUFACTURER = "medsynth"
-SYNTHESIZING_EQUIPMENT = CodedConcept("109100", "DCM", "Synthesizing Equipment")
 PA_VIEW = CodedConcept("399348003", "SCT", "postero-anterior")
-BASIC_PROFILE = CodedConcept("113100", "DCM", "Basic Application Confidentiality Profile")
 
 # Attributes the DICOMDIR's PATIENT/STUDY/SERIES/IMAGE records are built from.
 _DICOMDIR_KEYWORDS = (
@@ -92,71 +104,9 @@ _DICOMDIR_KEYWORDS = (
     "ReferringPhysicianName", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
 )
 
-# Private block element offsets (0011,10xx) and their VRs.
-PRIVATE_TAGS: dict[str, tuple[int, str]] = {
-    "model_id": (0x01, "LO"),
-    "model_sha256": (0x02, "LO"),
-    "seed": (0x03, "LO"),
-    "sampler": (0x04, "LO"),
-    "steps": (0x05, "IS"),
-    "guidance": (0x06, "DS"),
-    "condition": (0x07, "LO"),
-    "software_version": (0x08, "LO"),
-    "source_sha256": (0x09, "LO"),
-    "pack_identity": (0x0A, "LO"),
-    "json": (0x10, "UT"),
-}
-
-
 # --------------------------------------------------------------------------------------------
 # Configuration records
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where the pixels came from; written to the private block and the manifest.
-
-    ``model_sha256``/``source_sha256`` are hex SHA-256 digests (of the ONNX model, of the input
-    file for to-dicom). ``seed`` is the sampler's seed, ``steps`` its number of denoising steps,
-    ``guidance`` its classifier-free guidance scale, ``condition`` the condition label sampled.
-    Never put file names or header text here: all of it is copied into every output file.
-    """
-
-    model_id: str | None = None
-    model_sha256: str | None = None
-    seed: int | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    condition: str | None = None
-    software_version: str = __version__
-    source_sha256: str | None = None
-    pack_identity: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The non-empty fields, JSON-ready."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def describe(self) -> str:
-        """One sentence for ContributionDescription / DerivationDescription."""
-        if self.model_id:
-            parts = [f"Synthesized by medsynth {self.software_version} with diffusion model {self.model_id}"]
-            if self.sampler:
-                parts.append(f"sampler {self.sampler}")
-            if self.steps is not None:
-                parts.append(f"{self.steps} steps")
-            if self.guidance is not None:
-                parts.append(f"guidance {self.guidance:g}")
-            if self.seed is not None:
-                parts.append(f"seed {self.seed}")
-            if self.condition:
-                parts.append(f"condition {self.condition}")
-            return ", ".join(parts)
-        text = f"Written by medsynth {self.software_version}; patient, study, dates and UIDs are synthetic"
-        if self.source_sha256:
-            text += f"; pixel data from an input volume with SHA-256 {self.source_sha256}"
-        return text
 
 
 @dataclass(frozen=True)
@@ -337,14 +287,6 @@ class _Series:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _code_item(code: CodedConcept) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme
-    item.CodeMeaning = code.meaning
-    return item
 
 
 def _ds(value: float) -> str:
@@ -643,30 +585,13 @@ class SyntheticStudyWriter:
         ds.SOPClassUID = UID(p.sop_class.value)
         ds.InstanceCreationDate = created.strftime("%Y%m%d")
         ds.InstanceCreationTime = created.strftime("%H%M%S")
-        equip = Dataset()
-        equip.Manufacturer = MANUFACTURER
-        equip.ManufacturerModelName = f"medsynth {prov.model_id or 'to-dicom'}"[:64]
-        equip.SoftwareVersions = prov.software_version
-        equip.ContributionDateTime = created.strftime("%Y%m%d%H%M%S")
-        equip.ContributionDescription = prov.describe()[:1024]
-        equip.PurposeOfReferenceCodeSequence = Sequence([_code_item(SYNTHESIZING_EQUIPMENT)])
-        ds.ContributingEquipmentSequence = Sequence([equip])
 
-        # Patient (synthetic identity, de-identification markers)
+        # Patient (synthetic identity)
         ds.PatientName = pat.name
         ds.PatientID = pat.patient_id
         ds.IssuerOfPatientID = MANUFACTURER
         ds.PatientBirthDate = _da(pat.birth_date)
         ds.PatientSex = pat.sex
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = [
-            "medsynth synthetic identity, dates and UIDs",
-            "no header text copied from any input",
-        ]
-        # Only the Basic Profile applies: nothing is retained (no dates, UIDs, device identity,
-        # patient characteristics or descriptors from a source), so no retain/clean option is claimed.
-        ds.DeidentificationMethodCodeSequence = Sequence([_code_item(BASIC_PROFILE)])
-        ds.LongitudinalTemporalInformationModified = "REMOVED"
 
         # General Study / Patient Study
         ds.StudyInstanceUID = study_uid
@@ -686,24 +611,26 @@ class SyntheticStudyWriter:
         ds.SeriesTime = _tm(stu.time)
         ds.SeriesDescription = series.description[:64]
         ds.BodyPartExamined = p.body_part_examined
-        ds.SyntheticData = "YES"
         if p.modality is not Modality.DX:
             ds.PatientPosition = "HFS"
 
-        # General Equipment
-        ds.Manufacturer = MANUFACTURER
-        ds.ManufacturerModelName = equip.ManufacturerModelName
-        ds.SoftwareVersions = prov.software_version
+        # General Equipment: medsynth made synthetic pixels; a real scan's scanner is unknown (type 2)
+        if prov.pixel_origin.synthetic:
+            ds.Manufacturer = MANUFACTURER
+            ds.ManufacturerModelName = equipment_model_name(prov)
+            ds.SoftwareVersions = prov.software_version
+        else:
+            ds.Manufacturer = ""
 
         # General Image / General Reference
         ds.ContentDate = _da(stu.date)
         ds.ContentTime = _tm(stu.time)
         ds.AcquisitionNumber = 1
-        ds.DerivationDescription = prov.describe()[:1024]
-        ds.BurnedInAnnotation = "NO"
-        ds.RecognizableVisualFeatures = "NO"
         ds.LossyImageCompression = "00"
-        ds.AnatomicRegionSequence = Sequence([_code_item(p.anatomic_region)])
+        ds.AnatomicRegionSequence = Sequence([code_item(p.anatomic_region)])
+        # Contributing Equipment, SyntheticData, de-identification, burned-in/recognisable features
+        apply_origin_markers(ds, prov, p.modality, head=p.anatomic_region.value == "12738006",
+                             created=created.strftime("%Y%m%d%H%M%S"))
 
         # Image Pixel
         ds.SamplesPerPixel = 1
@@ -736,7 +663,7 @@ class SyntheticStudyWriter:
             else:
                 self._mr_module(ds)
 
-        self._private_block(ds)
+        add_private_block(ds, prov)
         return ds
 
     def _ct_module(self, ds: Dataset, enc: PixelEncoding) -> None:
@@ -775,26 +702,11 @@ class SyntheticStudyWriter:
         ds.PixelSpacing = [_ds(row_sp), _ds(col_sp)]
         ds.PixelSpacingCalibrationType = "GEOMETRY"
         ds.PixelSpacingCalibrationDescription = "synthetic image: nominal spacing of the model"
-        ds.ViewCodeSequence = Sequence([_code_item(PA_VIEW)])
+        ds.ViewCodeSequence = Sequence([code_item(PA_VIEW)])
         ds.PositionerType = ""
         ds.DetectorType = ""
         ds.KVP = ""
         ds.AcquisitionContextSequence = Sequence([])
-
-    def _private_block(self, ds: Dataset) -> None:
-        prov = self.provenance
-        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-        values: dict[str, Any] = prov.to_json()
-        for key, value in values.items():
-            offset, vr = PRIVATE_TAGS[key]
-            if vr == "IS":
-                block.add_new(offset, vr, int(value))
-            elif vr == "DS":
-                block.add_new(offset, vr, _ds(float(value)))
-            else:
-                block.add_new(offset, vr, str(value)[:64])
-        offset, vr = PRIVATE_TAGS["json"]
-        block.add_new(offset, vr, json.dumps(values, sort_keys=True))
 
     def _write_dicomdir(self) -> None:
         """Write DICOMDIR (records by pydicom's FileSet record definitions, see ``dicomdir.py``).
