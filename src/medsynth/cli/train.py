@@ -19,6 +19,7 @@ Examples:
   medsynth train data/ct -o runs/ct --max-minutes 60
   medsynth train data/ct -o runs/ct --config train.toml --steps 5000 --json
   medsynth train data/ct -o runs/ct --resume --steps 8000   # continue a run exactly
+  torchrun --standalone --nproc_per_node 4 --no-python medsynth train data/ct -o runs/ct --batch-size 64
 """,
 )
 @click.argument("dataset", type=click.Path(path_type=Path))
@@ -28,7 +29,9 @@ Examples:
               help="TOML (or JSON) file with [model], [schedule], [optim] tables; flags override it.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN from its checkpoint (bitwise exact).")
 @click.option("--steps", type=int, help="Total optimisation steps (default 2000).")
-@click.option("--batch-size", type=int, help="Images per step (default 16).")
+@click.option("--batch-size", type=int, help="Images per step, over all torchrun processes (default 16).")
+@click.option("--micro-batch", type=int,
+              help="At most this many images per forward pass and process; gradients accumulate (default 0 = all).")
 @click.option("--lr", type=float, help="AdamW learning rate (default 5e-4, linear warm-up).")
 @click.option("--max-minutes", type=float, help="Stop cleanly with a checkpoint after this wall-clock time.")
 @click.option("--prediction", type=_CHOICE(["v_prediction", "epsilon"]), help="What the UNet predicts (default v).")
@@ -61,11 +64,13 @@ def train(dataset: Path, run_dir: Path, config_file: Path | None, resume: bool, 
     Saves the resolved configuration, safetensors checkpoints, a JSON-lines log and PNG preview
     grids sampled from the EMA weights into RUN. Ctrl-C or --max-minutes stop with a checkpoint;
     --resume continues where it stopped. Export the result with `medsynth export RUN -o PACK`.
+    Under torchrun each process trains on its slice of every batch (DDP; gloo on CPU, nccl on
+    CUDA), rank 0 writes RUN; a run resumes with any number of processes.
     """
     from medsynth.training.trainer import train as run_training
 
     keys = {
-        "steps": "optim.steps", "batch_size": "optim.batch_size", "lr": "optim.lr",
+        "steps": "optim.steps", "batch_size": "optim.batch_size", "micro_batch": "optim.micro_batch", "lr": "optim.lr",
         "max_minutes": "optim.max_minutes", "prediction": "schedule.prediction_type", "loss": "optim.loss",
         "schedule": "schedule.schedule", "timesteps": "schedule.num_train_timesteps",
         "channels": "model.channels", "attention_levels": "model.attention_levels",
@@ -77,6 +82,8 @@ def train(dataset: Path, run_dir: Path, config_file: Path | None, resume: bool, 
     overrides = {keys[k]: v for k, v in flags.items() if v is not None}
     summary = run_training(dataset, run_dir, config_file=config_file, overrides=overrides, resume=resume,
                            progress=not quiet)
+    if summary.rank != 0:  # under torchrun, rank 0 reports for the whole job
+        return
     if as_json:
         echo_json(summary.to_json())
     else:

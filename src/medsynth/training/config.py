@@ -85,6 +85,8 @@ class ModelConfig:
             raise ConfigError(f"model.norm_num_groups={groups} does not divide every channel count {list(self.channels)}")
         if self.num_head_channels < 1:
             raise ConfigError("model.num_head_channels must be ≥ 1")
+        if self.num_res_blocks < 1:
+            raise ConfigError("model.num_res_blocks must be ≥ 1")
         for c, att, h in zip(self.channels, self.attention_levels, self.resolved_head_channels(), strict=True):
             if att and c % h:
                 raise ConfigError(f"model.num_head_channels={h} must divide the {c} channels of an attention level")
@@ -92,8 +94,6 @@ class ModelConfig:
     def resolved_head_channels(self) -> tuple[int, ...]:
         """Channels per attention head at each level: ``num_head_channels``, capped at the level's width."""
         return tuple(min(self.num_head_channels, c) for c in self.channels)
-        if self.num_res_blocks < 1:
-            raise ConfigError("model.num_res_blocks must be ≥ 1")
 
     @property
     def downsample_factor(self) -> int:
@@ -150,10 +150,15 @@ class OptimConfig:
     guidance). ``intensity_jitter`` is the maximum relative contrast/brightness change in model
     units; ``max_shift_px`` the maximum translation in pixels (no flips: anatomy has a side).
     ``max_minutes`` (0 = none) stops cleanly with a checkpoint when the wall-clock budget is spent.
+    ``batch_size`` is the global batch of one optimisation step, over all processes of a
+    ``torchrun`` job; ``micro_batch`` (0 = no limit) caps the images of one forward/backward pass in
+    a process, gradients are accumulated over the passes, so the step is the same for any number
+    of processes and any ``micro_batch`` (up to float rounding).
     """
 
     steps: int = 2000
     batch_size: int = 16
+    micro_batch: int = 0
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -189,7 +194,8 @@ class OptimConfig:
             raise ConfigError("optim.label_dropout must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("optim.ema_decay must be in [0, 1)")
-        for name in ("warmup_steps", "checkpoint_every", "sample_every", "log_every", "threads", "max_shift_px"):
+        for name in ("warmup_steps", "checkpoint_every", "sample_every", "log_every", "threads", "max_shift_px",
+                     "micro_batch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"optim.{name} must be ≥ 0")
         if self.max_minutes < 0 or self.grad_clip < 0 or self.intensity_jitter < 0 or self.huber_delta <= 0:
@@ -198,10 +204,11 @@ class OptimConfig:
             raise ConfigError("optim.sample_steps and optim.sample_per_label must be ≥ 1")
 
 
-# Settings that may change when a run is resumed (they do not change what the model is).
+# Settings that may change when a run is resumed (they do not change what the model is; micro_batch
+# and device change float rounding only, like resuming with another number of processes).
 RESUMABLE_OPTIM_FIELDS = frozenset(
     {"steps", "max_minutes", "checkpoint_every", "sample_every", "sample_steps", "sample_per_label",
-     "log_every", "threads", "device"}
+     "log_every", "threads", "device", "micro_batch"}
 )
 
 

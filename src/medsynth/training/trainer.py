@@ -7,6 +7,12 @@ small translation with edge replication; no flips, anatomy has a side), add nois
 AdamW step with gradient clipping, update the EMA weights. Every random draw of a step comes from a
 ``torch.Generator`` seeded by (seed, step), so resuming is bitwise exact on the same machine and
 thread count.
+
+Under ``torchrun`` (see :mod:`medsynth.training.distributed`) each process takes its slice of the
+same global batch and of the same random draws, gradients are averaged by DistributedDataParallel
+and accumulated over micro-batches (``optim.micro_batch``), so N processes train the weights of
+one process with the same ``batch_size`` up to float rounding; rank 0 alone writes the run folder.
+A checkpoint does not depend on the number of processes: resume it with any.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from rich.progress import (
 
 from medsynth import __version__
 from medsynth.dataset import PreparedDataset, load_dataset
-from medsynth.errors import CheckpointError, ConfigError, DatasetError, DeviceError, OutputError
+from medsynth.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from medsynth.presets import Preset, get_preset
 from medsynth.training.checkpoint import (
     CONFIG_NAME,
@@ -53,7 +59,14 @@ from medsynth.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from medsynth.training.config import RESUMABLE_OPTIM_FIELDS, TrainConfig, load_config_file, save_config
+from medsynth.training.config import (
+    RESUMABLE_OPTIM_FIELDS,
+    OptimConfig,
+    TrainConfig,
+    load_config_file,
+    save_config,
+)
+from medsynth.training.distributed import DistContext, distributed, micro_batches
 from medsynth.training.model import Denoiser, build_denoiser, ddim_sample, ddpm_scheduler
 
 StopReason = Literal["completed", "time_budget", "interrupted", "already_done"]
@@ -80,6 +93,8 @@ class TrainSummary:
     sample_grids: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +114,7 @@ class TrainSummary:
             "checkpoint": str(self.checkpoint),
             "sample_grids": [str(p) for p in self.sample_grids],
             "warnings": list(self.warnings),
+            "world_size": self.world_size,
             "config": self.config,
         }
 
@@ -182,14 +198,6 @@ def _check_resume_dataset(ds: PreparedDataset, info: dict[str, Any]) -> None:
 # devices and precision
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DeviceError("CUDA was requested but torch sees no CUDA device")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def pick_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
@@ -263,20 +271,70 @@ def augment(x: torch.Tensor, jitter: float, max_shift: int, gen: torch.Generator
     jitter). Translation by up to ``max_shift`` pixels per axis replicates the border. No flips or
     rotations: left and right are anatomy. (MONAI's random transforms draw from numpy's global
     state per sample; this small hand-written version draws from the step's generator so resume
-    stays exact.)
+    stays exact.) ``augment_draws`` + ``apply_augment`` split the draws from their use, so that a
+    process of a data-parallel job can apply its slice of the global batch's draws.
     """
-    b, _, h, w = x.shape
-    if jitter > 0:
-        a = (torch.rand((b, 1, 1, 1), generator=gen) * 2 - 1) * jitter
-        x = (-1.0 + (x + 1.0) * (1.0 + a)).clamp(-1.0, 1.0)
-    if max_shift > 0:
-        shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=gen)
+    gains, shifts = augment_draws(x.shape[0], jitter, max_shift, gen)
+    return apply_augment(x, gains, shifts, max_shift)
+
+
+def augment_draws(
+    batch: int, jitter: float, max_shift: int, gen: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The random part of :func:`augment` for ``batch`` images: gains a [B, 1, 1, 1] (None when
+    ``jitter`` is 0) and shifts (dy, dx) int64 [B, 2] in pixels (None when ``max_shift`` is 0)."""
+    gains = (torch.rand((batch, 1, 1, 1), generator=gen) * 2 - 1) * jitter if jitter > 0 else None
+    shifts = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=gen) if max_shift > 0 else None
+    return gains, shifts
+
+
+def apply_augment(
+    x: torch.Tensor, gains: torch.Tensor | None, shifts: torch.Tensor | None, max_shift: int
+) -> torch.Tensor:
+    """Apply drawn gains [B, 1, 1, 1] and shifts [B, 2] (see :func:`augment`) to x [B, 1, H, W]."""
+    _, _, h, w = x.shape
+    if gains is not None:
+        x = (-1.0 + (x + 1.0) * (1.0 + gains)).clamp(-1.0, 1.0)
+    if shifts is not None and max_shift > 0:
         padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift), mode="replicate")
         x = torch.stack([
             padded[i, :, max_shift + int(dy): max_shift + int(dy) + h, max_shift + int(dx): max_shift + int(dx) + w]
             for i, (dy, dx) in enumerate(shifts.tolist())
         ])
     return x
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """Every random value of one training step, for the whole global batch of B images.
+
+    ``gains`` [B, 1, 1, 1] and ``shifts`` [B, 2] (augmentation, None when off), ``noise`` float32
+    [B, 1, H, W], ``timesteps`` int64 [B], ``drop`` bool [B] (label dropout, None when off).
+    """
+
+    gains: torch.Tensor | None
+    shifts: torch.Tensor | None
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    drop: torch.Tensor | None
+
+    @classmethod
+    def draw(cls, gen: torch.Generator, batch: int, hw: tuple[int, int], optim: OptimConfig,
+             num_timesteps: int) -> StepDraws:
+        """Draw in a fixed order from the step's generator (the order of the single-process loop)."""
+        gains, shifts = augment_draws(batch, optim.intensity_jitter, optim.max_shift_px, gen) if optim.augment \
+            else (None, None)
+        noise = torch.randn((batch, 1, *hw), generator=gen)
+        t = torch.randint(0, num_timesteps, (batch,), generator=gen)
+        drop = torch.rand(batch, generator=gen) < optim.label_dropout if optim.label_dropout > 0 else None
+        return cls(gains, shifts, noise, t, drop)
+
+    def take(self, part: slice) -> StepDraws:
+        """The draws of the images ``part`` of the batch."""
+        def cut(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else v[part]
+
+        return StepDraws(cut(self.gains), cut(self.shifts), self.noise[part], self.timesteps[part], cut(self.drop))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,32 +446,55 @@ def train(
         cfg = resolve_config(run_dir, resume, config_file, overrides)
     ds = load_dataset(dataset_dir)
     preset, warnings = check_dataset(ds, cfg)
-    info: dict[str, Any] | None = None
     if resume:
-        _, info = read_run(run_dir)
-        _check_resume_dataset(ds, info)
-    device = pick_device(cfg.optim.device)
-    precision = pick_precision(cfg.optim.precision, device)
-    threads = cfg.optim.threads or torch.get_num_threads()  # torch's default: the physical cores
-    torch.set_num_threads(threads)
+        _check_resume_dataset(ds, read_run(run_dir)[1])
+    with distributed(cfg.optim.device) as ctx:
+        return _train(ctx, cfg, ds, preset, warnings, dataset_dir, run_dir, resume, progress, console, t_start)
+
+
+def _write_run_files(run_dir: Path, resume: bool, cfg: TrainConfig, ds: PreparedDataset, dataset_dir: Path,
+                     warnings: list[str]) -> None:
+    """Create the run folder (or check it can be resumed) and write config.json and run.json."""
     _prepare_run_dir(run_dir, resume)
-    if not resume:
-        save_config(run_dir / CONFIG_NAME, cfg)
-        manifest = ds.manifest.to_json()
-        manifest.pop("slice_sources", None)
-        info = {
-            "dataset_path": str(dataset_dir.resolve()),
-            "manifest": manifest,
-            "num_slices": len(ds),
-            "slices_per_label": np.bincount(np.asarray(ds.labels), minlength=len(ds.manifest.labels)).tolist(),
-            "medsynth_version": __version__,
-            "warnings": warnings,
-        }
-        tmp = run_dir / f".{RUN_INFO_NAME}.partial"
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(run_dir / RUN_INFO_NAME)
-    else:
-        save_config(run_dir / CONFIG_NAME, cfg)  # resumable settings (steps, budget) may have changed
+    save_config(run_dir / CONFIG_NAME, cfg)  # on resume: resumable settings (steps, budget) may have changed
+    if resume:
+        return
+    manifest = ds.manifest.to_json()
+    manifest.pop("slice_sources", None)
+    info = {
+        "dataset_path": str(dataset_dir.resolve()),
+        "manifest": manifest,
+        "num_slices": len(ds),
+        "slices_per_label": np.bincount(np.asarray(ds.labels), minlength=len(ds.manifest.labels)).tolist(),
+        "medsynth_version": __version__,
+        "warnings": warnings,
+    }
+    tmp = run_dir / f".{RUN_INFO_NAME}.partial"
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / RUN_INFO_NAME)
+
+
+def _train(
+    ctx: DistContext,
+    cfg: TrainConfig,
+    ds: PreparedDataset,
+    preset: Preset,
+    warnings: list[str],
+    dataset_dir: Path,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    console: Console | None,
+    t_start: float,
+) -> TrainSummary:
+    """The loop of :func:`train` in one process of a (possibly one-process) job."""
+    device = ctx.device
+    precision = pick_precision(cfg.optim.precision, device)
+    threads = cfg.optim.threads or torch.get_num_threads()  # torch's default (torchrun sets OMP_NUM_THREADS=1)
+    torch.set_num_threads(threads)
+    o = cfg.optim
+    mine = ctx.shard_range(o.batch_size)  # refuses a batch smaller than the number of processes
+    ctx.on_main(lambda: _write_run_files(run_dir, resume, cfg, ds, dataset_dir, warnings))
 
     labels = tuple(ds.manifest.labels)
     counts = np.bincount(np.asarray(ds.labels), minlength=len(labels))
@@ -433,12 +514,14 @@ def train(
             raise CheckpointError(f"optimizer state does not match the model ({exc})", run_dir / WEIGHTS_NAME) from None
         restore_rng(ckpt)
         start_step, prior_seconds = ckpt.step, ckpt.train_seconds
+    wrapped = ctx.wrap(model)  # DDP (broadcasting rank 0's weights) when world_size > 1
     scheduler = ddpm_scheduler(cfg.schedule)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    sampler = BatchSampler(len(ds), cfg.optim.batch_size, cfg.optim.seed)
-    steps_target = cfg.optim.steps
-    o = cfg.optim
-    hardware = hardware_string(device, threads)
+    sampler = BatchSampler(len(ds), o.batch_size, o.seed)
+    hw = (int(ds.slices.shape[1]), int(ds.slices.shape[2]))
+    chunks = micro_batches(mine.stop - mine.start, o.micro_batch)
+    steps_target = o.steps
+    hardware = hardware_string(device, threads) + ctx.describe()
     out = console or Console(stderr=True)
     grids: list[Path] = []
     log_path = run_dir / LOG_NAME
@@ -453,48 +536,64 @@ def train(
     model.train()
 
     def checkpoint() -> None:
+        if not ctx.is_main:
+            return
         extra = {"device": str(device), "precision": precision, "hardware": hardware, "last_loss": last_loss,
-                 "batch_size": o.batch_size}
+                 "batch_size": o.batch_size, "world_size": ctx.world_size}
         save_checkpoint(run_dir, step, prior_seconds + (time.monotonic() - t_loop), model, ema, optimizer, extra)
+
+    def chunk_loss(idx: npt.NDArray[np.int64], draws: StepDraws) -> torch.Tensor:
+        """The mean loss of the images ``idx`` with their ``draws`` (forward pass only)."""
+        x0 = torch.from_numpy(np.ascontiguousarray(ds.slices[idx], dtype=np.float32)).unsqueeze(1)
+        cls = torch.from_numpy(np.asarray(ds.labels[idx], dtype=np.int64))
+        pos = torch.from_numpy(np.asarray(ds.positions[idx], dtype=np.float32))
+        x0 = apply_augment(x0, draws.gains, draws.shifts, o.max_shift_px)
+        if draws.drop is not None:
+            cls = torch.where(draws.drop, torch.full_like(cls, len(labels)), cls)
+        x0, noise, t, cls, pos = (v.to(device) for v in (x0, draws.noise, draws.timesteps, cls, pos))
+        noisy = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
+        target = scheduler.get_velocity(x0, noise, t) if cfg.schedule.prediction_type == "v_prediction" else noise
+        with autocast_context(precision, device):
+            pred = wrapped(noisy, t, cls, pos if cfg.model.use_position else None)
+        pred = pred.float()
+        if o.loss == "huber":
+            return F.huber_loss(pred, target, delta=o.huber_delta)
+        return F.mse_loss(pred, target)
 
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=out, disable=not progress) as bar, open(log_path, "a", encoding="utf-8") as log:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress(*columns, console=out, disable=not (progress and ctx.is_main)))
+        log = stack.enter_context(open(log_path, "a", encoding="utf-8")) if ctx.is_main else None
         task = bar.add_task("train", total=steps_target, completed=start_step, loss="-", speed="-")
         try:
             while step < steps_target:
                 gen = torch.Generator().manual_seed(_step_seed(o.seed, step, 0))
-                idx = sampler.indices(step)
-                x0 = torch.from_numpy(np.ascontiguousarray(ds.slices[idx], dtype=np.float32)).unsqueeze(1)
-                cls = torch.from_numpy(np.asarray(ds.labels[idx], dtype=np.int64))
-                pos = torch.from_numpy(np.asarray(ds.positions[idx], dtype=np.float32))
-                if o.augment:
-                    x0 = augment(x0, o.intensity_jitter, o.max_shift_px, gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                t = torch.randint(0, cfg.schedule.num_train_timesteps, (x0.shape[0],), generator=gen)
-                if o.label_dropout > 0:
-                    drop = torch.rand(x0.shape[0], generator=gen) < o.label_dropout
-                    cls = torch.where(drop, torch.full_like(cls, len(labels)), cls)
-                x0, noise, t, cls, pos = (v.to(device) for v in (x0, noise, t, cls, pos))
-                noisy = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
-                target = scheduler.get_velocity(x0, noise, t) if cfg.schedule.prediction_type == "v_prediction" else noise
+                # the global batch and all its random draws, then this process's slice of both
+                idx = sampler.indices(step)[mine]
+                draws = StepDraws.draw(gen, o.batch_size, hw, o, cfg.schedule.num_train_timesteps).take(mine)
                 for group in optimizer.param_groups:
                     group["lr"] = o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
                 optimizer.zero_grad(set_to_none=True)
-                with autocast_context(precision, device):
-                    pred = model(noisy, t, cls, pos if cfg.model.use_position else None)
-                pred = pred.float()
-                if o.loss == "huber":
-                    loss = F.huber_loss(pred, target, delta=o.huber_delta)
-                else:
-                    loss = F.mse_loss(pred, target)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"loss became {loss.item()} at step {step}; lower optim.lr or use fp32")
+                local_loss = torch.zeros((), dtype=torch.float32)
+                for i, part in enumerate(chunks):
+                    with ctx.accumulate(wrapped, sync=i == len(chunks) - 1):
+                        loss = chunk_loss(idx[part], draws.take(part))
+                        weight = ctx.loss_weight(part.stop - part.start, o.batch_size)
+                        scaled = loss if weight == 1.0 else loss * weight
+                        if scaler is not None:
+                            scaler.scale(scaled).backward()
+                        else:
+                            scaled.backward()
+                    local_loss += scaled.detach().float().cpu() / ctx.world_size
+                # one collective per step: the global mean loss, and whether any process is over budget
+                over = 1.0 if time.monotonic() - t_start >= budget_s else 0.0
+                total = ctx.all_reduce_sum(torch.stack([local_loss, torch.tensor(over)]))
+                step_loss, over_budget = float(total[0]), bool(total[1] > 0)
+                if not math.isfinite(step_loss):
+                    raise ConfigError(f"loss became {step_loss} at step {step}; lower optim.lr or use fp32")
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
                 if o.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
                 if scaler is not None:
@@ -504,27 +603,28 @@ def train(
                     optimizer.step()
                 _ema_update(ema, model, min(o.ema_decay, (1 + step) / (10 + step)))
                 step += 1
-                loss_acc += float(loss.item())
+                loss_acc += step_loss
                 loss_n += 1
-                imgs_window += x0.shape[0]
+                imgs_window += o.batch_size
                 if step % max(1, o.log_every) == 0 or step == steps_target:
                     now = time.monotonic()
                     img_per_s = imgs_window / max(now - t_window, 1e-9)
                     t_window, imgs_window = now, 0
                     last_loss = loss_acc / loss_n
                     loss_acc, loss_n = 0.0, 0
-                    log.write(json.dumps({"step": step, "loss": round(last_loss, 6), "lr": optimizer.param_groups[0]["lr"],
-                                          "img_per_s": round(img_per_s, 3),
-                                          "train_seconds": round(prior_seconds + now - t_loop, 3)}) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps({"step": step, "loss": round(last_loss, 6),
+                                              "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(img_per_s, 3),
+                                              "train_seconds": round(prior_seconds + now - t_loop, 3)}) + "\n")
+                        log.flush()
                     bar.update(task, loss=f"{last_loss:.4f}", speed=f"{img_per_s:.1f}")
                 bar.update(task, completed=step)
-                if o.sample_every and step % o.sample_every == 0 and step < steps_target:
+                if o.sample_every and step % o.sample_every == 0 and step < steps_target and ctx.is_main:
                     grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset,
                                                   labels, device, grid_rows))
                 if o.checkpoint_every and step % o.checkpoint_every == 0 and step < steps_target:
                     checkpoint()
-                if time.monotonic() - t_start >= budget_s and step < steps_target:
+                if over_budget and step < steps_target:
                     stopped = "time_budget"
                     break
         except KeyboardInterrupt:
@@ -535,10 +635,11 @@ def train(
         last_loss = loss_acc / loss_n
     loop_s = time.monotonic() - t_loop
     checkpoint()
-    if step > start_step or not (run_dir / "samples").is_dir():
+    if ctx.is_main and (step > start_step or not (run_dir / "samples").is_dir()):
         grids.append(save_sample_grid(run_dir / "samples" / f"step_{step:06d}.png", ema, cfg, preset, labels, device,
                                        grid_rows))
-    total = prior_seconds + (time.monotonic() - t_loop)
+    ctx.barrier()  # every process returns once the final checkpoint is written
+    total_s = prior_seconds + (time.monotonic() - t_loop)
     done = step - start_step
     return TrainSummary(
         run_dir=run_dir,
@@ -549,7 +650,7 @@ def train(
         stopped=stopped,
         last_loss=last_loss,
         wall_seconds=time.monotonic() - t_start,
-        total_train_seconds=total,
+        total_train_seconds=total_s,
         images_per_second=(done * o.batch_size / loop_s) if done and loop_s > 0 else img_per_s,
         device=str(device),
         precision=precision,
@@ -558,6 +659,8 @@ def train(
         sample_grids=tuple(grids),
         warnings=tuple(warnings),
         config=cfg.to_json(),
+        world_size=ctx.world_size,
+        rank=ctx.rank,
     )
 
 
