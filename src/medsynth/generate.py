@@ -122,6 +122,7 @@ class GenerateResult:
     manifest: Path
     preview: Path | None
     notes: tuple[str, ...] = ()
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # denoiser, decoder, write
 
     @property
     def seconds_per_slice(self) -> float:
@@ -302,6 +303,16 @@ class _PlainSink:
         return manifest
 
 
+def _position_support(meta: Any, condition: str, notes: list[str]) -> tuple[float, float]:
+    """The slice-position range a series of ``condition`` spans: the range the pack saw in training
+    for that label (pack.json ``conditioning``), else the whole [0, 1]."""
+    entry = (meta.conditioning or {}).get(condition)
+    if entry and "position" in entry:
+        lo, hi = (float(x) for x in entry["position"])
+        return (lo, hi)
+    return (0.0, 1.0)
+
+
 def _items(cfg: GenerateConfig, n: int) -> Iterator[_Item]:
     for p in range(cfg.patients):
         for s in range(cfg.studies):
@@ -346,6 +357,7 @@ def generate(
         steps=cfg.steps if cfg.steps is not None else meta.default_steps,
         eta=cfg.eta,
         guidance=cfg.guidance if cfg.guidance is not None else meta.default_guidance,
+        clip_sample=not pack.is_latent,  # latents are not bounded to [-1, 1]
     )
     schedule = DiffusionSchedule.from_config(meta.schedule)
     if sampler_cfg.steps > schedule.num_train_timesteps:
@@ -389,7 +401,7 @@ def generate(
     preview_tiles: list[npt.NDArray[np.uint8]] = []
 
     def geometry_for(n: int) -> VolumeGeometry:
-        return VolumeGeometry.axial((rows, cols), meta.pixel_spacing_mm, preset.slice_thickness_mm, n)
+        return VolumeGeometry.axial((rows, cols), meta.pixel_spacing_mm, meta.slice_spacing_mm or preset.slice_thickness_mm, n)
 
     writer: Any
     sink: _PlainSink | None = None
@@ -402,6 +414,10 @@ def generate(
         _prepare_plain_output(out_dir, cfg.force)
         sink = writer = _PlainSink(out_dir, cfg.format, preset, window)
 
+    from medsynth.sampling.series import StageTimer, series_positions
+
+    timer = StageTimer()
+    support = _position_support(meta, condition, notes)
     t0 = time.perf_counter()
     first_slice: float | None = None
     done = 0
@@ -409,38 +425,74 @@ def generate(
     manifest: dict[str, Any]
     # the DICOM writer's __exit__ leaves a manifest of the complete files if sampling fails
     with writer if sink is None else contextlib.nullcontext():
-        for batch in _batches(_items(cfg, n_slices), cfg.batch_size):
-            rngs = [_slice_rng(seed, (*it.series_key, it.index)) for it in batch]
+        def pixel_stream() -> Iterator[tuple[_Item, npt.NDArray[np.float32]]]:
+            """Pixel-space packs: batches of slices (any series), sampled together."""
+            for batch in _batches(_items(cfg, n_slices), cfg.batch_size):
+                rngs = [_slice_rng(seed, (*it.series_key, it.index)) for it in batch]
 
-            def noise(shape: tuple[int, ...], rngs: list[np.random.Generator] = rngs) -> npt.NDArray[np.float32]:
-                return np.stack([g.standard_normal(shape[1:], dtype=np.float32) for g in rngs])
+                def noise(shape: tuple[int, ...], rngs: list[np.random.Generator] = rngs) -> npt.NDArray[np.float32]:
+                    return np.stack([g.standard_normal(shape[1:], dtype=np.float32) for g in rngs])
 
-            if shared:
-                x_t = np.stack([_coherent_noise(seed, it.series_key, it.index, (1, rows, cols)) for it in batch])
-            else:
-                x_t = noise((len(batch), 1, rows, cols))
-            position = None
-            if meta.uses_position:
-                position = np.array([it.index / (it.n - 1) if it.n > 1 else 0.5 for it in batch], dtype=np.float32)
-            cond = Conditioning(np.full(len(batch), label, dtype=np.int64), meta.null_class, position)
-            x0 = sample(denoiser, schedule, meta.prediction_type, x_t, cond, sampler_cfg, noise, on_step=on_step)
-            for it, img in zip(batch, x0[:, 0], strict=True):
-                if it.series_key != current:
-                    current = it.series_key
-                    geom = geometry_for(it.n)
-                    if sink is not None:
-                        sink.begin_series(current, geom, it.n)
-                    else:
-                        writer.begin_series(geom, (rows, cols), patient=it.patient, study=it.study)
-                physical = intensity.to_physical(img)
-                writer.write_slice(it.index, physical)
-                if cfg.preview and len(preview_tiles) < PREVIEW_MAX:
-                    preview_tiles.append(_window_8bit(physical, window))
-                done += 1
-                if first_slice is None:
-                    first_slice = time.perf_counter() - t0
-                if on_slice is not None:
-                    on_slice(done, total)
+                if shared:
+                    x_t = np.stack([_coherent_noise(seed, it.series_key, it.index, (1, rows, cols)) for it in batch])
+                else:
+                    x_t = noise((len(batch), 1, rows, cols))
+                position = None
+                if meta.uses_position:
+                    position = np.array([it.index / (it.n - 1) if it.n > 1 else 0.5 for it in batch], dtype=np.float32)
+                cond = Conditioning(np.full(len(batch), label, dtype=np.int64), meta.null_class, position)
+                t_den = time.perf_counter()
+                x0 = sample(denoiser, schedule, meta.prediction_type, x_t, cond, sampler_cfg, noise, on_step=on_step)
+                timer.add("denoiser", t_den)
+                yield from zip(batch, x0[:, 0], strict=True)
+
+        def latent_stream() -> Iterator[tuple[_Item, npt.NDArray[np.float32]]]:
+            """Latent packs: each series slice by slice (conditioned on the slice below), decoded in batches."""
+            from medsynth.sampling.runtime import open_image_model
+            from medsynth.sampling.series import sample_latent_series
+
+            spec = meta.latent
+            assert spec is not None  # pack.is_latent
+            decoder = open_image_model(pack, "decoder", cfg.device, cfg.threads)
+            shape = (spec.channels, *spec.shape)
+            for p in range(cfg.patients):
+                for s in range(cfg.studies):
+                    for r in range(cfg.series):
+                        key = (p, s, r)
+
+                        def start(k: int, key: tuple[int, int, int] = key) -> npt.NDArray[np.float32]:
+                            return _slice_rng(seed, (*key, k)).standard_normal(shape, dtype=np.float32)
+
+                        def step_noise(k: int, key: tuple[int, int, int] = key) -> Callable[[tuple[int, ...]], npt.NDArray[np.float32]]:
+                            g = _slice_rng(seed, (*key, k, 1))
+                            return lambda sh: g.standard_normal(sh, dtype=np.float32)
+
+                        for k, img in sample_latent_series(
+                                denoiser, decoder.__call__, schedule, meta.prediction_type, sampler_cfg, label=label,
+                                null_class=meta.null_class, positions=series_positions(n_slices, support),
+                                start_noise=start, step_noise=step_noise, scale_factor=spec.scale_factor,
+                                decode_batch=max(1, min(cfg.batch_size, 8)), timer=timer, on_step=on_step):
+                            yield _Item(p, s, r, k, n_slices), img
+
+        for it, img in (latent_stream() if pack.is_latent else pixel_stream()):
+            if it.series_key != current:
+                current = it.series_key
+                geom = geometry_for(it.n)
+                if sink is not None:
+                    sink.begin_series(current, geom, it.n)
+                else:
+                    writer.begin_series(geom, (rows, cols), patient=it.patient, study=it.study)
+            t_write = time.perf_counter()
+            physical = intensity.to_physical(img)
+            writer.write_slice(it.index, physical)
+            timer.add("write", t_write)
+            if cfg.preview and len(preview_tiles) < PREVIEW_MAX:
+                preview_tiles.append(_window_8bit(physical, window))
+            done += 1
+            if first_slice is None:
+                first_slice = time.perf_counter() - t0
+            if on_slice is not None:
+                on_slice(done, total)
         if sink is not None:
             head = {"format_version": 1, "software": f"medsynth {__version__}", "format": cfg.format,
                     "preset": preset.name, "provenance": provenance.to_json(), **run_info}
@@ -459,6 +511,7 @@ def generate(
         condition=condition, seed=seed, series=cfg.patients * cfg.studies * cfg.series, slices=done,
         files=len(manifest.get("files", [])), seconds=seconds, first_slice_s=first_slice or 0.0,
         manifest=out_dir / MANIFEST_NAME, preview=preview, notes=tuple(notes),
+        stage_seconds={k: round(v, 3) for k, v in timer.seconds.items()},
     )
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from medsynth.errors import ModelPackError
 
-PACK_FORMAT_VERSION = 1
+PACK_FORMAT_VERSION = 2  # 1: pixel-space denoiser; 2: adds ``latent`` (latent diffusion) and ``conditioning``
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 ScheduleName = Literal["linear_beta", "scaled_linear_beta", "cosine"]
 
@@ -40,6 +41,35 @@ class NoiseScheduleConfig:
     num_train_timesteps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0195
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """Latent diffusion (pack format 2): ``model.onnx`` denoises latents [B, channels, *shape];
+    ``decoder`` maps unscaled latents (scaled latent / ``scale_factor``) to model-space images
+    [B, 1, *matrix]; ``encoder`` maps images to unscaled latent means. With ``previous_slice`` the
+    denoiser has a fifth input ``previous`` [B, channels, *shape]: the scaled clean latent of the
+    slice below (zeros for the first slice of a series)."""
+
+    channels: int
+    shape: tuple[int, int]
+    downsample: int
+    scale_factor: float
+    decoder: str = "decoder.onnx"
+    encoder: str = "encoder.onnx"
+    previous_slice: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatentSpec:
+        return cls(channels=int(d["channels"]), shape=(int(d["shape"][0]), int(d["shape"][1])),
+                   downsample=int(d["downsample"]), scale_factor=float(d["scale_factor"]),
+                   decoder=str(d.get("decoder", "decoder.onnx")), encoder=str(d.get("encoder", "encoder.onnx")),
+                   previous_slice=bool(d.get("previous_slice", True)))
 
 
 @dataclass(frozen=True)
@@ -67,13 +97,60 @@ class PackMetadata:
     data_sources: tuple[dict[str, Any], ...] = ()  # name, sha256, licence, attribution
     quality: dict[str, Any] = field(default_factory=dict)  # numbers from `medsynth evaluate`
     parity: dict[str, Any] = field(default_factory=dict)  # ONNX-vs-torch max abs error
-    format_version: int = PACK_FORMAT_VERSION
+    format_version: int = 1
+    latent: LatentSpec | None = None
+    # conditioning support, per label: {"position": [lo, hi]} (positions seen in training)
+    conditioning: dict[str, Any] = field(default_factory=dict)
+    slice_spacing_mm: float | None = None  # the slice spacing the model was trained at (volumes)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("presets", "matrix", "pixel_spacing_mm", "physical_range", "labels", "data_sources"):
             d[k] = list(d[k])
+        if self.latent is None:
+            for k in ("latent", "conditioning", "slice_spacing_mm"):
+                if not d[k]:
+                    d.pop(k)
+        else:
+            d["latent"] = self.latent.to_json()
         return d
+
+    def validate(self, path: Path | None = None) -> PackMetadata:
+        """Refuse values sampling cannot use (types were checked by :meth:`from_json`)."""
+        def bad(msg: str) -> ModelPackError:
+            return ModelPackError(f"invalid pack.json: {msg}", path)
+
+        if not all(16 <= m <= 4096 for m in self.matrix):
+            raise bad(f"matrix {self.matrix} out of range 16..4096")
+        if not all(0 < s <= 50 and math.isfinite(s) for s in self.pixel_spacing_mm):
+            raise bad(f"pixel spacing {self.pixel_spacing_mm} mm out of range")
+        lo, hi = self.physical_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise bad(f"physical range {self.physical_range} is not increasing")
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise bad("labels must be a non-empty list of distinct names")
+        if self.null_class != len(self.labels):
+            raise bad(f"null_class {self.null_class} must equal the number of labels ({len(self.labels)})")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise bad(f"unknown prediction_type {self.prediction_type!r}")
+        sc = self.schedule
+        if sc.schedule not in ("linear_beta", "scaled_linear_beta", "cosine") or not 1 <= sc.num_train_timesteps <= 100000 \
+                or not 0 < sc.beta_start < sc.beta_end < 1:
+            raise bad(f"noise schedule {sc} is not usable")
+        if not 1 <= self.default_steps <= sc.num_train_timesteps:
+            raise bad(f"default_steps {self.default_steps} out of range")
+        for name in self.files:
+            if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+                raise bad(f"file name {name!r} is not a plain name inside the pack")
+        if self.latent is not None:
+            z = self.latent
+            if z.channels < 1 or z.downsample < 1 or not (math.isfinite(z.scale_factor) and z.scale_factor > 0):
+                raise bad("latent channels, downsample and scale_factor must be positive")
+            if (z.shape[0] * z.downsample, z.shape[1] * z.downsample) != tuple(self.matrix):
+                raise bad(f"latent shape {z.shape} × {z.downsample} does not give the matrix {self.matrix}")
+            if z.decoder not in self.files:
+                raise bad(f"latent decoder {z.decoder} is not listed in files")
+        return self
 
     @classmethod
     def from_json(cls, d: dict[str, Any], path: Path | None = None) -> PackMetadata:
@@ -101,6 +178,9 @@ class PackMetadata:
                 quality=dict(d.get("quality", {})),
                 parity=dict(d.get("parity", {})),
                 format_version=int(d.get("format_version", 1)),
+                latent=LatentSpec.from_json(d["latent"]) if d.get("latent") else None,
+                conditioning=dict(d.get("conditioning") or {}),
+                slice_spacing_mm=float(d["slice_spacing_mm"]) if d.get("slice_spacing_mm") is not None else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelPackError(f"malformed pack.json ({exc!r})", path) from None
@@ -132,6 +212,21 @@ class ModelPack:
     def model_sha256(self) -> str:
         return self.metadata.files["model.onnx"]
 
+    @property
+    def identity(self) -> str:
+        """sha256 over the canonical pack.json (which lists every file's sha256): the pack's identity,
+        so an edited schedule, label list or range is a different pack."""
+        return identity_sha256(self.metadata)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.metadata.latent is not None
+
+
+def identity_sha256(metadata: PackMetadata) -> str:
+    """sha256 of pack.json's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(metadata.to_json(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
 
 def save_pack_metadata(root: Path, metadata: PackMetadata) -> None:
     (root / "pack.json").write_text(json.dumps(metadata.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -149,14 +244,14 @@ def load_pack(root: str | Path, verify: bool = True) -> ModelPack:
         raise ModelPackError(f"pack.json is not valid JSON ({exc})", meta_path) from None
     if not isinstance(raw, dict):
         raise ModelPackError("pack.json must hold a JSON object", meta_path)
-    meta = PackMetadata.from_json(raw, meta_path)
+    meta = PackMetadata.from_json(raw, meta_path).validate(meta_path)
     if meta.format_version > PACK_FORMAT_VERSION:
         raise ModelPackError(f"pack format {meta.format_version} is newer than this medsynth understands", root)
     if "model.onnx" not in meta.files:
         raise ModelPackError("pack.json lists no model.onnx", meta_path)
     if verify:
         for name, digest in meta.files.items():
-            f = root / name
+            f = root / name  # names were checked by validate(): plain names inside the pack
             if not f.is_file():
                 raise ModelPackError(f"missing {name}", root)
             actual = sha256_file(f)

@@ -29,6 +29,7 @@ default condition. MedMNIST ``.npz`` files carry their own labels (index i → `
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -64,6 +65,9 @@ CT_BODY_HU = -500.0
 DEFAULT_MIN_BODY_FRACTION = {Modality.CT: 0.30, Modality.MR: 0.20}
 #: robust MR normalisation percentiles of the foreground voxels
 MR_PERCENTILES = (0.5, 99.5)
+#: largest resampled grid prepare allocates, in voxels (2^27 = 134 M voxels, 512 MiB as float32);
+#: a bigger grid means a corrupt or implausible header (e.g. 200 mm pixels) and is refused
+MAX_RESAMPLED_VOXELS = 2**27
 
 
 class LabelOrigin(str, Enum):
@@ -134,6 +138,8 @@ class PrepareConfig:
     slice_spacing_mm: float | None = None
     min_body_fraction: float | None = None
     force: bool = False
+    matrix: tuple[int, int] | None = None  # None = the preset's (latent packs use clinical matrices)
+    pixel_spacing_mm: float | None = None  # None = the preset's in-plane spacing
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,11 @@ def resample_axial(series: ImageSeries, in_plane_mm: tuple[float, float], slice_
                         for c in itertools.product(*[(-0.5, s - 0.5) for s in size])])
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     n = [max(1, int(math.ceil((h - lw) / s - 1e-3))) for lw, h, s in zip(lo, hi, out_sp, strict=True)]
+    if float(np.prod(n, dtype=np.float64)) > MAX_RESAMPLED_VOXELS:
+        raise InputError(f"resampled grid {n[0]}x{n[1]}x{n[2]} ({float(np.prod(n, dtype=np.float64)):.3g} voxels, "
+                         f"extent {'x'.join(f'{h - lw:.0f}' for lw, h in zip(lo, hi, strict=True))} mm) exceeds the "
+                         f"limit of {MAX_RESAMPLED_VOXELS} voxels: implausible spacing in the header?",
+                         series.files[0])
     centre = (lo + hi) / 2.0
     origin = [float(c - (k - 1) * s / 2.0) for c, k, s in zip(centre, n, out_sp, strict=True)]
     ref = sitk.Image(n, sitk.sitkFloat32)
@@ -522,6 +533,19 @@ def _publish(tmp: Path, output: Path) -> None:
 
 # --------------------------------------------------------------------------------------- main entry
 
+def _with_grid(preset: Preset, config: PrepareConfig) -> Preset:
+    """The preset with ``config``'s matrix / in-plane spacing (mm) overrides applied."""
+    if config.matrix is not None:
+        if len(config.matrix) != 2 or not all(16 <= int(m) <= 2048 for m in config.matrix):
+            raise ConfigError(f"--matrix must be two sizes between 16 and 2048, got {config.matrix}")
+        preset = dataclasses.replace(preset, matrix=(int(config.matrix[0]), int(config.matrix[1])))
+    if config.pixel_spacing_mm is not None:
+        if not (math.isfinite(config.pixel_spacing_mm) and 0.1 <= config.pixel_spacing_mm <= 20.0):
+            raise ConfigError(f"--pixel-spacing must be between 0.1 and 20 mm, got {config.pixel_spacing_mm}")
+        preset = dataclasses.replace(preset, pixel_spacing_mm=(config.pixel_spacing_mm, config.pixel_spacing_mm))
+    return preset
+
+
 def prepare_dataset(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -536,7 +560,7 @@ def prepare_dataset(
     Raises InputError when nothing usable remains, ConfigError for bad options, OutputError when
     ``output`` is not empty (without ``force``).
     """
-    preset = get_preset(config.preset)
+    preset = _with_grid(get_preset(config.preset), config)
     output = Path(output)
     _check_output(output, config.force)
     if config.label is not None:

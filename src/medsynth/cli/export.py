@@ -27,11 +27,14 @@ Examples:
 @click.option("--guidance", type=float, help="Default classifier-free guidance (default 2.0 if trained with label "
                                              "dropout, else 1.0).")
 @click.option("--model-id", help="Model id in pack.json (default: the preset's model id).")
+@click.option("--autoencoder", "ae_run", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Latent diffusion: RUN is a `train-latent` run and this its autoencoder run (pack format 2).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Latent packs: default sampler steps (12).")
 @click.option("--force", is_flag=True, help="Replace an existing pack folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @handle_errors
 def export(run_dir: Path, pack_dir: Path, fp16: bool, opset: int, exporter: str, guidance: float | None,
-           model_id: str | None, force: bool, as_json: bool) -> None:
+           model_id: str | None, ae_run: Path | None, steps: int | None, force: bool, as_json: bool) -> None:
     """Export RUN (from `medsynth train`) to an ONNX model pack PACK.
 
     Exports the EMA weights as one ONNX file with a dynamic batch, checks it against PyTorch on
@@ -42,6 +45,18 @@ def export(run_dir: Path, pack_dir: Path, fp16: bool, opset: int, exporter: str,
     from rich.console import Console
 
     from medsynth.export.pack_writer import export_run
+
+    if ae_run is not None:
+        from medsynth.latent.export import export_latent_pack
+
+        with Console(stderr=True).status("exporting denoiser, decoder and encoder; checking ONNX parity…"):
+            lsum = export_latent_pack(ae_run, run_dir, pack_dir, model_id=model_id, force=force,
+                                      guidance=guidance if guidance is not None else 1.5, steps=steps or 12)
+        if as_json:
+            echo_json(lsum.to_json())
+        else:
+            click.echo(f"wrote {pack_dir} ({', '.join(lsum.files)}) in {lsum.seconds:.1f} s")
+        return
 
     with Console(stderr=True).status("exporting and checking ONNX parity…"):
         summary = export_run(run_dir, pack_dir, fp16=fp16, opset=opset, exporter=exporter,  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "prepare": "medsynth.cli.prepare:prepare",
     "train": "medsynth.cli.train:train",
     "export": "medsynth.cli.export:export",
+    "train-autoencoder": "medsynth.cli.latent:train_autoencoder_cmd",
+    "train-latent": "medsynth.cli.latent:train_latent_cmd",
 }
 
 # one-line help shown in `medsynth --help` without importing the command's module
@@ -31,6 +33,8 @@ SHORT_HELP: dict[str, str] = {
     "prepare": "Read DICOM/NIfTI/NRRD/X-ray images and write a training dataset.",
     "train": "Train a diffusion model (MONAI DiffusionModelUNet) on a prepared dataset.",
     "export": "Export a training run to a verified ONNX model pack.",
+    "train-autoencoder": "Train the autoencoder of a latent-diffusion pack (MONAI AutoencoderKL).",
+    "train-latent": "Train the latent denoiser of a latent-diffusion pack (series-coherent).",
     "generate": "Sample synthetic slices with onnxruntime and write DICOM/NIfTI/PNG.",
     "models": "List the model packs with their model cards.",
     "push": "Send a DICOM folder to a PACS (C-STORE or DICOMweb STOW-RS).",

@@ -33,12 +33,17 @@ _PRESETS = ["ct-pelvis", "ct-abdomen", "ct-chest", "mr-brain", "mr-cardiac", "xr
               help="Slice spacing in mm (0 = native). Default: max(preset slice thickness, native).")
 @click.option("--min-body-fraction", type=click.FloatRange(0.0, 1.0), default=None,
               help="Automatic slice selection threshold (fraction of the largest body cross-section).")
+@click.option("--matrix", type=int, default=None,
+              help="Square matrix in pixels instead of the preset's (e.g. 512 for a latent-diffusion pack).")
+@click.option("--pixel-spacing", type=float, default=None,
+              help="In-plane pixel spacing in mm instead of the preset's (e.g. 0.8).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @handle_errors
 def prepare(inputs: tuple[Path, ...], preset: str, output: Path, label: str | None, labels_file: Path | None,
             label_from_folder: bool, z_range: str | None, split: str, n4: bool, slice_spacing: float | None,
-            min_body_fraction: float | None, force: bool, as_json: bool) -> None:
+            min_body_fraction: float | None, matrix: int | None, pixel_spacing: float | None, force: bool,
+            as_json: bool) -> None:
     """Read DICOM folders/files, NIfTI/NRRD/MHA volumes, PNG/JPEG X-rays or MedMNIST .npz files and
     write a training dataset: slices.npy (float32 [N,H,W] in [-1,1]), labels.npy, positions.npy,
     manifest.json and contact_sheet.png.
@@ -62,7 +67,8 @@ def prepare(inputs: tuple[Path, ...], preset: str, output: Path, label: str | No
     config = PrepareConfig(
         preset=preset, label=label, labels_file=labels_file, label_from_folder=label_from_folder,
         z_range=ZRange.parse(z_range) if z_range else None, split=split,  # type: ignore[arg-type]
-        n4=n4, slice_spacing_mm=slice_spacing, min_body_fraction=min_body_fraction, force=force)
+        n4=n4, slice_spacing_mm=slice_spacing, min_body_fraction=min_body_fraction, force=force,
+        matrix=(matrix, matrix) if matrix is not None else None, pixel_spacing_mm=pixel_spacing)
     err = Console(stderr=True)
     total = len(discover_files(inputs)[0])
     with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -87,15 +87,19 @@ class RuntimeInfo:
 class OnnxDenoiser:
     """A pack's ONNX denoiser as a :class:`medsynth.sampling.samplers.Denoiser` callable."""
 
-    def __init__(self, session: Any, info: RuntimeInfo, uses_position: bool) -> None:
+    def __init__(self, session: Any, info: RuntimeInfo, uses_position: bool, uses_previous: bool = False) -> None:
         self.session = session
         self.info = info
         self.uses_position = uses_position
+        self.uses_previous = uses_previous
+        self.previous: F32 | None = None  # set by the series sampler before each slice (latent packs)
         self._float = np.float16 if any(i.type == "tensor(float16)" for i in session.get_inputs()) else np.float32
 
     def __call__(self, sample: F32, timestep: I64, class_labels: I64, position: F32 | None) -> F32:
-        """``sample`` f32 [B,1,H,W], ``timestep`` i64 [B], ``class_labels`` i64 [B], ``position``
-        f32 [B] (only when the pack uses it) → prediction f32 [B,1,H,W]."""
+        """``sample`` f32 [B,C,H,W], ``timestep`` i64 [B], ``class_labels`` i64 [B], ``position``
+        f32 [B] (only when the pack uses it) → prediction f32 [B,C,H,W]. Latent packs with the
+        previous-slice condition also feed :attr:`previous` [b,C,H,W] (repeated when the sampler
+        batches the conditional and unconditional passes, B = k·b)."""
         feeds: dict[str, np.ndarray] = {
             "sample": np.ascontiguousarray(sample, dtype=self._float),
             "timestep": np.ascontiguousarray(timestep, dtype=np.int64),
@@ -105,8 +109,64 @@ class OnnxDenoiser:
             if position is None:
                 raise ConfigError("this pack needs a slice position for every image")
             feeds["position"] = np.ascontiguousarray(position, dtype=self._float)
-        (out,) = self.session.run(["prediction"], feeds)
+        if self.uses_previous:
+            if self.previous is None:
+                raise ConfigError("this pack needs the previous slice's latent for every image")
+            reps = sample.shape[0] // self.previous.shape[0]
+            prev = self.previous if reps == 1 else np.concatenate([self.previous] * reps)
+            feeds["previous"] = np.ascontiguousarray(prev, dtype=self._float)
+        try:
+            (out,) = self.session.run(["prediction"], feeds)
+        except Exception as exc:  # onnxruntime's own error types: a graph that does not fit pack.json
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelPackError(f"the model does not accept the inputs pack.json describes ({msg[:200]})",
+                                 self.info.model_file) from None
         return np.asarray(out, dtype=np.float32)
+
+
+class OnnxImageModel:
+    """A latent pack's decoder (``latent`` [B,C,h,w] → ``image`` [B,1,H,W]) or encoder (``image`` →
+    ``latent``) as a plain callable on float32 arrays."""
+
+    def __init__(self, session: Any, input_name: str, output_name: str, file: str) -> None:
+        self.session, self.input_name, self.output_name, self.file = session, input_name, output_name, file
+
+    def __call__(self, x: F32) -> F32:
+        try:
+            (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelPackError(f"the model does not accept the inputs pack.json describes ({msg[:200]})",
+                                 self.file) from None
+        return np.asarray(out, dtype=np.float32)
+
+
+def _disable_telemetry(ort: Any) -> None:
+    """onnxruntime ≥ 1.32 sends telemetry at exit unless told not to: medsynth is offline."""
+    fn = getattr(ort, "disable_telemetry_events", None)
+    if fn is not None:
+        fn()
+
+
+def open_image_model(pack: ModelPack, which: Literal["decoder", "encoder"], device: DeviceName = "auto",
+                     threads: int | None = None) -> OnnxImageModel:
+    """Open a latent pack's decoder or encoder (fp32) on the device the denoiser would use."""
+    spec = pack.metadata.latent
+    if spec is None:
+        raise ModelPackError(f"pack {pack.metadata.model_id} is not a latent-diffusion pack (no {which})", pack.root)
+    import onnxruntime as ort
+
+    _disable_telemetry(ort)
+    name = spec.decoder if which == "decoder" else spec.encoder
+    if name not in pack.metadata.files:
+        raise ModelPackError(f"pack has no {which} ({name})", pack.root)
+    path = pack.root / name
+    use_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    session = _session(path, [CUDA, CPU] if use_cuda else [CPU], None if use_cuda else (threads or physical_cores()))
+    inp, out = ("latent", "image") if which == "decoder" else ("image", "latent")
+    if [i.name for i in session.get_inputs()] != [inp] or out not in {o.name for o in session.get_outputs()}:
+        raise ModelPackError(f"{name} is not a medsynth {which} (needs input {inp!r}, output {out!r})", path)
+    return OnnxImageModel(session, inp, out, name)
 
 
 def _session(path: Path, providers: list[str], threads: int | None) -> Any:
@@ -128,6 +188,8 @@ def _session(path: Path, providers: list[str], threads: int | None) -> Any:
 def _check_io(session: Any, pack: ModelPack, path: Path) -> None:
     names = {i.name for i in session.get_inputs()}
     need = {"sample", "timestep", "class_labels"} | ({"position"} if pack.metadata.uses_position else set())
+    if pack.metadata.latent is not None and pack.metadata.latent.previous_slice:
+        need |= {"previous"}
     if not need <= names:
         raise ModelPackError(f"model inputs {sorted(names)} lack {sorted(need - names)}: not a medsynth denoiser", path)
     extra = names - need
@@ -152,6 +214,8 @@ def open_denoiser(pack: ModelPack, device: DeviceName = "auto", threads: int | N
         import onnxruntime as ort
     except ImportError:
         raise DeviceError("no ONNX runtime installed: pip install 'medsynth[cpu]' (or 'medsynth[gpu]' for CUDA)") from None
+    _disable_telemetry(ort)
+    prev = pack.metadata.latent is not None and pack.metadata.latent.previous_slice
 
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
@@ -165,7 +229,7 @@ def open_denoiser(pack: ModelPack, device: DeviceName = "auto", threads: int | N
         session = _session(path, [CUDA, CPU], None)
         if session.get_providers()[0] == CUDA:
             _check_io(session, pack, path)
-            return OnnxDenoiser(session, RuntimeInfo(CUDA, path.name, None, fp16), pack.metadata.uses_position)
+            return OnnxDenoiser(session, RuntimeInfo(CUDA, path.name, None, fp16), pack.metadata.uses_position, prev)
         if device == "cuda":
             raise DeviceError(
                 "--device cuda: onnxruntime-gpu is installed but CUDA could not be used "
@@ -175,4 +239,4 @@ def open_denoiser(pack: ModelPack, device: DeviceName = "auto", threads: int | N
     path = pack.onnx_path(fp16=False)
     session = _session(path, [CPU], n)
     _check_io(session, pack, path)
-    return OnnxDenoiser(session, RuntimeInfo(CPU, path.name, n, False), pack.metadata.uses_position)
+    return OnnxDenoiser(session, RuntimeInfo(CPU, path.name, n, False), pack.metadata.uses_position, prev)

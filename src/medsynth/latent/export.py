@@ -1,0 +1,179 @@
+"""Export an autoencoder run + a latent-denoiser run into a format-2 (latent) model pack.
+
+The pack holds ``model.onnx`` (the latent denoiser: inputs ``sample`` [B,C,h,w], ``timestep`` [B],
+``class_labels`` [B], ``position`` [B], ``previous`` [B,C,h,w]; output ``prediction``),
+``decoder.onnx`` (``latent`` [B,C,h,w] unscaled → ``image`` [B,1,H,W] in model space) and
+``encoder.onnx`` (``image`` → ``latent`` mean, unscaled), each parity-checked against PyTorch on
+random inputs (a pack is refused when the max abs error exceeds the tolerance), plus ``pack.json``
+(format 2, with the latent scale factor and the per-label conditioning support) and
+``MODEL_CARD.md``. Built in a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsynth import __version__
+from medsynth.errors import ExportError, OutputError
+from medsynth.export.pack_writer import _replace_dir, model_card
+from medsynth.latent.autoencoder import Decoder, Encoder, load_autoencoder
+from medsynth.latent.config import to_json
+from medsynth.latent.denoiser import load_latent_denoiser
+from medsynth.pack import LatentSpec, PackMetadata, save_pack_metadata, sha256_file
+from medsynth.presets import PRESETS, get_preset
+from medsynth.training.checkpoint import load_checkpoint
+
+TOLERANCE = {"model.onnx": 1e-4, "decoder.onnx": 1e-3, "encoder.onnx": 1e-3}
+OPSET = 20
+
+
+def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], output: str,
+            path: Path) -> None:
+    axes = {n: {0: "batch"} for n in [*inputs, output]}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, str(path), dynamo=False, dynamic_axes=axes, input_names=inputs,
+                          output_names=[output], opset_version=OPSET)
+
+
+def _parity(module: torch.nn.Module, path: Path, make_args: Any, inputs: list[str], output: str) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    err = 0.0
+    for b in (1, 3):
+        args = make_args(b)
+        with torch.no_grad():
+            ref = module(*args).numpy()
+        out = sess.run([output], {n: a.numpy() for n, a in zip(inputs, args, strict=True)})[0]
+        if out.shape != ref.shape:
+            raise ExportError(f"ONNX output shape {out.shape} differs from torch {ref.shape}", path)
+        err = max(err, float(np.max(np.abs(out.astype(np.float64) - ref))))
+    return err
+
+
+@dataclass(frozen=True)
+class LatentExportSummary:
+    pack_dir: Path
+    files: dict[str, str]
+    parity: dict[str, Any]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pack_dir": str(self.pack_dir), "files": self.files, "parity": self.parity,
+                "seconds": round(self.seconds, 1)}
+
+
+def export_latent_pack(
+    ae_run: str | Path,
+    latent_run: str | Path,
+    pack_dir: str | Path,
+    *,
+    model_id: str | None = None,
+    guidance: float = 1.5,
+    steps: int = 12,
+    force: bool = False,
+    extra_training: dict[str, Any] | None = None,
+) -> LatentExportSummary:
+    """Export the EMA weights of both runs into a latent pack at ``pack_dir``."""
+    t0 = time.perf_counter()
+    ae_run, latent_run, pack_dir = Path(ae_run), Path(latent_run), Path(pack_dir)
+    if pack_dir.exists() and not force:
+        raise OutputError("already exists; add --force to replace it", pack_dir)
+    ae_cfg, ae = load_autoencoder(ae_run)
+    cfg, info, den = load_latent_denoiser(latent_run)
+    manifest = info["manifest"]
+    preset = get_preset(str(manifest["preset"]))
+    matrix = (int(manifest["matrix"][0]), int(manifest["matrix"][1]))
+    c, h, w = (int(x) for x in info["latent_shape"])
+    labels = tuple(str(x) for x in info["labels"])
+    n_lab = len(labels)
+    parent = pack_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{pack_dir.name}.partial-", dir=parent))
+    tmp.chmod(0o755)
+    g = torch.Generator().manual_seed(0)
+
+    def den_args(b: int) -> tuple[torch.Tensor, ...]:
+        prev = torch.randn((b, c, h, w), generator=g)
+        prev[0] = 0.0  # exercise the no-previous-slice path too
+        return (torch.randn((b, c, h, w), generator=g), torch.randint(0, cfg.schedule.num_train_timesteps, (b,), generator=g),
+                torch.randint(0, n_lab + 1, (b,), generator=g), torch.rand((b,), generator=g), prev)
+
+    def dec_args(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn((b, c, h, w), generator=g) / float(info["scale_factor"]),)
+
+    def enc_args(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.rand((b, 1, *matrix), generator=g) * 2 - 1,)
+
+    den_inputs = ["sample", "timestep", "class_labels", "position", "previous"]
+    jobs: list[tuple[str, torch.nn.Module, Any, list[str], str]] = [
+        ("model.onnx", den, den_args, den_inputs, "prediction"),
+        ("decoder.onnx", Decoder(ae).eval(), dec_args, ["latent"], "image"),
+        ("encoder.onnx", Encoder(ae).eval(), enc_args, ["image"], "latent"),
+    ]
+    parity: dict[str, Any] = {"onnxruntime_provider": "CPUExecutionProvider", "opset": OPSET, "torch": torch.__version__}
+    files: dict[str, str] = {}
+    try:
+        for name, module, make, inputs, output in jobs:
+            _export(module, make(2), inputs, output, tmp / name)
+            err = _parity(module, tmp / name, make, inputs, output)
+            parity[name] = {"max_abs_error": err, "tolerance": TOLERANCE[name]}
+            if err > TOLERANCE[name]:
+                raise ExportError(f"{name}: ONNX differs from PyTorch by {err:.3g} (> {TOLERANCE[name]}); no pack written",
+                                  latent_run)
+            files[name] = sha256_file(tmp / name)
+        ck_ae = load_checkpoint(ae_run, need_optimizer=False)
+        ck_den = load_checkpoint(latent_run, need_optimizer=False)
+        import monai
+
+        training = {
+            "autoencoder": {"config": to_json(ae_cfg), "steps": ck_ae.step, "train_seconds": round(ck_ae.train_seconds, 1)},
+            "denoiser": {"config": to_json(cfg), "steps": ck_den.step, "train_seconds": round(ck_den.train_seconds, 1),
+                         "final_loss": ck_den.extra.get("last_loss")},
+            "steps": ck_den.step,
+            "train_seconds": round(ck_ae.train_seconds + ck_den.train_seconds, 1),
+            "dataset_slices": int(sum(int(s.get("slices", 0)) for s in manifest.get("sources", []))),
+            "torch": torch.__version__, "monai": monai.__version__, "weights": "EMA",
+            **(extra_training or {}),
+        }
+        sources = tuple({"name": s.get("name"), "sha256": s.get("sha256"), "licence": s.get("licence", ""),
+                         "label": s.get("label"), "slices": s.get("slices")} for s in manifest.get("sources", []))
+        conditioning = {k: {"position": v} for k, v in info.get("position_ranges", {}).items()}
+        spacing = manifest.get("pixel_spacing_mm", preset.pixel_spacing_mm)
+        meta = PackMetadata(
+            model_id=model_id or preset.model_id,
+            presets=tuple(p.name for p in PRESETS.values() if p.model_id == preset.model_id),
+            modality=preset.modality.value, matrix=matrix,
+            pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
+            physical_range=(float(manifest["physical_range"][0]), float(manifest["physical_range"][1])),
+            unit=str(manifest["unit"]), schedule=cfg.schedule, prediction_type=cfg.prediction_type,
+            labels=labels, null_class=n_lab, uses_position=True, default_guidance=float(guidance),
+            default_sampler="dpmpp_2m", default_steps=int(steps), files=files, software_version=__version__,
+            training=training, data_sources=sources, parity=parity, format_version=2,
+            latent=LatentSpec(channels=c, shape=(h, w), downsample=ae_cfg.downsample,
+                              scale_factor=float(info["scale_factor"]), previous_slice=True),
+            conditioning=conditioning, slice_spacing_mm=float(preset.slice_thickness_mm),
+        ).validate()
+        save_pack_metadata(tmp, meta)
+        (tmp / "MODEL_CARD.md").write_text(model_card(meta), encoding="utf-8")
+        _replace_dir(tmp, pack_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return LatentExportSummary(pack_dir, files, parity, time.perf_counter() - t0)

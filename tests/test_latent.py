@@ -1,0 +1,129 @@
+"""Latent diffusion end to end on real CT: prepare → train-autoencoder → train-latent → export →
+generate (DICOM, dciodvfy-clean), with tiny models and a few steps so it runs in seconds.
+
+What these tests prove: the plumbing (shapes, scale factor, previous-slice conditioning, ONNX
+parity of denoiser/decoder/encoder, pack format 2, torch-free generate), resumability, and that
+pack.json edits are refused. Image quality is measured by benchmarks/eval_latent.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from medsynth.cli.main import cli
+from medsynth.latent.config import AutoencoderConfig, LatentDenoiserConfig
+from medsynth.pack import load_pack
+from medsynth.prepare import PrepareConfig, ZRange, prepare_dataset
+
+TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=4, checkpoint_every=2)
+TINY_LD = LatentDenoiserConfig(channels=(32, 32), attention_levels=(False, True), batch_size=4, steps=4,
+                               checkpoint_every=2, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def latent_runs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from medsynth.latent.autoencoder import train_autoencoder
+    from medsynth.latent.denoiser import train_latent
+    from medsynth.latent.export import export_latent_pack
+
+    root = tmp_path_factory.mktemp("latent")
+    ds = root / "data"
+    prepare_dataset([shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz"], ds,
+                    PrepareConfig(preset="ct-pelvis", label="pelvis", z_range=ZRange.parse("0:0.45")))
+    train_autoencoder(ds, root / "ae", TINY_AE, threads=1, show_progress=False)
+    train_latent(ds, root / "ae", root / "ld", TINY_LD, threads=1, show_progress=False)
+    export_latent_pack(root / "ae", root / "ld", root / "pack" / "ct-body", steps=2, guidance=1.5)
+    return {"data": ds, "ae": root / "ae", "ld": root / "ld", "pack": root / "pack" / "ct-body"}
+
+
+def test_pack_v2_records_latent_conditioning_and_parity(latent_runs: dict[str, Path]) -> None:
+    pack = load_pack(latent_runs["pack"])
+    meta = pack.metadata
+    assert meta.format_version == 2 and meta.latent is not None
+    assert meta.latent.downsample == 4 and meta.latent.shape == (16, 16) and meta.matrix == (64, 64)
+    assert meta.latent.scale_factor > 0
+    assert set(meta.files) == {"model.onnx", "decoder.onnx", "encoder.onnx"}
+    for name in meta.files:
+        assert meta.parity[name]["max_abs_error"] <= meta.parity[name]["tolerance"]
+    lo, hi = meta.conditioning["pelvis"]["position"]
+    assert 0.0 <= lo < hi <= 1.0
+    assert len(pack.identity) == 64
+
+
+def test_generate_latent_series_dicom(latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(latent_runs["pack"]), "--slices", "5",
+                                   "--seed", "3", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["slices"] == 5
+    assert {"denoiser", "decoder", "write"} <= set(summary["stage_seconds"])
+    files = sorted(out.rglob("IM*"))
+    assert len(files) == 5
+    ds = [pydicom.dcmread(f) for f in files]
+    assert all(d.Rows == 64 and d.Columns == 64 for d in ds)
+    assert all(d.SyntheticData == "YES" for d in ds)
+    z = sorted(float(d.ImagePositionPatient[2]) for d in ds)
+    assert np.allclose(np.diff(z), 5.0)
+    dciodvfy = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+    report = subprocess.run([dciodvfy, str(files[0])], capture_output=True, text=True)
+    errors = [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == []
+    # same seed, same pixels
+    out2 = tmp_path / "out2"
+    res2 = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(latent_runs["pack"]), "--slices", "5",
+                                    "--seed", "3", "-o", str(out2)])
+    assert res2.exit_code == 0, res2.output
+    a = [pydicom.dcmread(f).pixel_array for f in sorted(out.rglob("IM*"))]
+    b = [pydicom.dcmread(f).pixel_array for f in sorted(out2.rglob("IM*"))]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_edited_pack_json_is_refused(latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(latent_runs["pack"], bad)
+    meta = json.loads((bad / "pack.json").read_text())
+    meta["latent"]["shape"] = [8, 8]
+    (bad / "pack.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(bad), "--slices", "2", "-o",
+                                   str(tmp_path / "o")])
+    assert res.exit_code != 0 and "latent shape" in res.output
+    meta = json.loads((latent_runs["pack"] / "pack.json").read_text())
+    meta["files"]["../../etc/passwd"] = "0" * 64
+    (bad / "pack.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(bad), "--slices", "2", "-o",
+                                   str(tmp_path / "o2")])
+    assert res.exit_code != 0 and "plain name" in res.output
+
+
+def test_training_resumes_to_the_same_weights(latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from medsynth.latent.denoiser import train_latent
+
+    run = tmp_path / "ld"
+    train_latent(latent_runs["data"], latent_runs["ae"], run, TINY_LD, steps=2, threads=1, show_progress=False)
+    train_latent(latent_runs["data"], latent_runs["ae"], run, steps=4, threads=1, show_progress=False)
+    a = load_file(str(run / "checkpoint.safetensors"))
+    b = load_file(str(latent_runs["ld"] / "checkpoint.safetensors"))
+    for k in a:
+        if k.startswith("model."):
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_train_latent_cli_refuses_a_foreign_folder(latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "mine.txt").write_text("keep")
+    res = CliRunner().invoke(cli, ["train-latent", str(latent_runs["data"]), "--autoencoder", str(latent_runs["ae"]),
+                                   "-o", str(tmp_path / "x"), "--steps", "1"])
+    assert res.exit_code != 0 and "not empty" in res.output
+    assert (tmp_path / "x" / "mine.txt").read_text() == "keep"
