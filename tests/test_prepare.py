@@ -218,3 +218,21 @@ def test_z_range_in_mm_selects_by_patient_coordinate(shared_data: Path) -> None:
     np.testing.assert_allclose(part.z_mm, full.z_mm[10:21])
     with pytest.raises(InputError, match="no slice left"):
         preprocess_series(series, preset, PrepareConfig(preset=preset.name), ZRange(5000, 6000, "mm"))
+
+
+def test_implausible_spacing_is_refused_before_allocating_and_the_rest_continues(shared_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A 2 MB NIfTI with 200 mm pixels would need a 9 GB grid: refused by the voxel cap, one line."""
+    import nibabel as nib
+
+    from medsynth.prepare import MAX_RESAMPLED_VOXELS
+
+    src = nib.load(shared_data / "ct/abdomen_pelvis_totalseg.nii.gz")
+    big = nib.Nifti1Image(np.asarray(src.dataobj), np.diag([200.0, 200.0, 3.0, 1.0]))
+    nib.save(big, tmp_path / "huge_pixels.nii.gz")
+    rep = prepare_dataset([tmp_path / "huge_pixels.nii.gz", shared_data / "ct/abdomen_pelvis_totalseg.nii.gz"],
+                          tmp_path / "ds", PrepareConfig(preset="ct-pelvis"))
+    (skipped,) = rep.skipped
+    assert Path(skipped.path).name == "huge_pixels.nii.gz"
+    assert f"limit of {MAX_RESAMPLED_VOXELS} voxels" in skipped.reason and "\n" not in skipped.reason
+    assert len(rep.sources) == 1 and rep.slices_kept > 0

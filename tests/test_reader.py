@@ -382,3 +382,199 @@ def test_round_trip_with_dicom_writer(tmp_path: Path) -> None:
     np.testing.assert_allclose(s.geometry.spacing, geo.spacing, atol=1e-4)
     np.testing.assert_allclose(s.geometry.direction, geo.direction, atol=1e-6)
     assert s.facts.modality == "CT"
+
+
+# ------------------------------------------------------------------------------------ seeded fuzz
+
+_FUZZ_ATTRS = ("RescaleSlope", "RescaleIntercept", "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored",
+               "HighBit", "PixelRepresentation", "SamplesPerPixel", "PixelSpacing", "ImagePositionPatient",
+               "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices", "WindowCenter", "WindowWidth",
+               "GantryDetectorTilt", "EchoTime", "RepetitionTime", "InstanceNumber", "PhotometricInterpretation",
+               "Modality", "SOPClassUID", "SeriesInstanceUID", "PixelData")
+_FUZZ_VALUES = (b"abc ", b"1\\2 ", b"", b"nan ", b"inf ", b"-1", b"1e5", b"1e-6", b"0 ", b"99999999", b"\x00\xff",
+                b"1e308\\1e308", b"-0\\-0", b"MONOCHROME3 ", b"1.2.3.4.5 ")
+
+
+def _mutate(src: bytes, rng: np.random.Generator) -> bytes:
+    """One seeded mutation of a DICOM file: malformed values, deleted attributes, a truncation or
+    flipped header bytes. Malformed values are written raw in implicit VR (as broken real files carry
+    them). The series UID is made unique so each mutant is its own series."""
+    import io
+
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    kind = int(rng.integers(5))
+    ds = pydicom.dcmread(io.BytesIO(src))
+    ds.SeriesInstanceUID = generate_uid()
+    if kind in (3, 4):
+        fresh = io.BytesIO()
+        ds.save_as(fresh)
+        src = fresh.getvalue()
+    if kind == 3:  # truncate anywhere
+        return src[: int(rng.integers(0, len(src)))]
+    if kind == 4:  # flip bytes in the header region
+        buf = bytearray(src)
+        for _ in range(int(rng.integers(1, 20))):
+            buf[int(rng.integers(132, min(len(buf), 3000)))] = int(rng.integers(256))
+        return bytes(buf)
+    for _ in range(int(rng.integers(1, 4))):
+        name = _FUZZ_ATTRS[int(rng.integers(len(_FUZZ_ATTRS)))]
+        tag = Tag(tag_for_keyword(name))
+        if kind == 0:
+            if name in ds:
+                del ds[name]
+        else:
+            value = _FUZZ_VALUES[int(rng.integers(len(_FUZZ_VALUES)))]
+            value += b" " * (len(value) % 2)  # DICOM values have even length
+            ds._dict[tag] = RawDataElement(tag, None, len(value), value, 0, True, True)
+    return _raw_bytes(ds)  # by hand: pydicom's writer would parse (and choke on) the malformed values
+
+
+def _shrunk(path: Path) -> bytes:
+    """A real file with its pixels subsampled 4× (header kept, spacing adjusted): a fast fuzz seed."""
+    import io
+
+    ds = pydicom.dcmread(path)
+    arr = np.ascontiguousarray(ds.pixel_array[::4, ::4])
+    ds.PixelData, ds.Rows, ds.Columns = arr.tobytes(), arr.shape[0], arr.shape[1]
+    ds.PixelSpacing = [float(v) * 4 for v in ds.PixelSpacing]
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_seeded_fuzz_no_traceback_and_good_series_survive(shared_data: Path, tmp_path: Path) -> None:
+    """300 mutants of real CT slices beside real series: every file is read or skipped with a one-line
+    reason, nothing raises, and every good series comes back exactly as when read alone."""
+    from medsynth.dicom_io.writer import write_volume
+    from medsynth.presets import get_preset
+
+    slab = read_volume(shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz")
+    good_series = tmp_path / "good"
+    write_volume(slab.voxels[40:48].astype(np.int16), slab.geometry, get_preset("ct-pelvis"), good_series)
+    singles = sorted((shared_data / "ct" / "covid_nysbu_axial_dicom").iterdir())
+    alone = _only(read_images([good_series]).series)
+    alone_singles = {s.files[0].name: s for s in read_images(singles).series}
+    assert len(alone_singles) == len(singles)
+
+    folder = tmp_path / "in"
+    shutil.copytree(good_series, folder / "good")
+    shutil.copytree(singles[0].parent, folder / "singles")
+    rng = np.random.default_rng(20261202)
+    sources = [_shrunk(p) for p in singles]
+    mutants = folder / "mutants"
+    mutants.mkdir()
+    for i in range(300):
+        (mutants / f"m{i:03d}.dcm").write_bytes(_mutate(sources[int(rng.integers(len(sources)))], rng))
+
+    res = read_images([folder])  # must not raise
+    by_name = {s.files[0].name: s for s in res.series if s.files[0].parent.name == "singles"}
+    assert by_name.keys() == alone_singles.keys()
+    for name, s in by_name.items():
+        np.testing.assert_array_equal(s.voxels, alone_singles[name].voxels)
+    (good,) = [s for s in res.series if s.files[0].is_relative_to(folder / "good")]
+    np.testing.assert_array_equal(good.voxels, alone.voxels)
+    assert good.geometry == alone.geometry
+    # every mutant is accounted for: in a series, or skipped with a one-line reason naming it
+    used = {f for s in res.series for f in s.files}
+    skipped = {Path(sk.path) for sk in res.skipped}
+    for m in mutants.iterdir():
+        assert m in used or m in skipped or m.parent in skipped, m  # the folder: a skipped multi-file group
+    assert all("\n" not in sk.reason and sk.reason for sk in res.skipped)
+    assert len(skipped & set(mutants.iterdir())) > 100  # the mutations really break files
+
+
+def _raw_value(ds: pydicom.Dataset, keyword: str, value: bytes) -> None:
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(tag_for_keyword(keyword))
+    ds._dict[tag] = RawDataElement(tag, None, len(value), value, 0, True, True)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_malformed_header_values_skip_their_file_only(tmp_path: Path) -> None:
+    """Non-numeric RescaleSlope/Intercept or NumberOfFrames, a multi-valued slope, absurd PixelSpacing:
+    the file is skipped with a reason naming the attribute; the good file beside it is read."""
+    cases = {"RescaleSlope": b"abc ", "RescaleIntercept": b"x1", "NumberOfFrames": b"x ",
+             "PixelSpacing": b"1e5\\1e5 "}
+    expect = {"RescaleSlope": "RescaleSlope", "RescaleIntercept": "RescaleIntercept",
+              "NumberOfFrames": "NumberOfFrames", "PixelSpacing": "PixelSpacing"}
+    for keyword, value in cases.items():
+        ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+        ds.SeriesInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # implicit VR: the value is parsed by its VR
+        _raw_value(ds, keyword, value)
+        _save_raw(ds, tmp_path / f"{keyword}.dcm")
+    multi = pydicom.dcmread(_testfile("CT_small.dcm"))
+    multi.SeriesInstanceUID = generate_uid()
+    multi.RescaleSlope = [1, 2]
+    multi.save_as(tmp_path / "multi.dcm")
+    tiny = pydicom.dcmread(_testfile("CT_small.dcm"))
+    tiny.SeriesInstanceUID = generate_uid()
+    tiny.PixelSpacing = [1e-6, 1e-6]
+    tiny.save_as(tmp_path / "tiny.dcm")
+    res = read_images([tmp_path, _testfile("CT_small.dcm")])
+    assert [s.files[0].name for s in res.series] == ["CT_small.dcm"]
+    reasons = {Path(sk.path).name: sk.reason for sk in res.skipped}
+    for keyword in cases:
+        assert expect[keyword] in reasons[f"{keyword}.dcm"], reasons
+    assert "RescaleSlope holds 2 values" in reasons["multi.dcm"]
+    assert "PixelSpacing" in reasons["tiny.dcm"] and "implausible" in reasons["tiny.dcm"]
+
+
+def _save_raw(ds: pydicom.Dataset, path: Path) -> None:
+    path.write_bytes(_raw_bytes(ds))
+
+
+def _raw_bytes(ds: pydicom.Dataset) -> bytes:
+    """The file bytes of ``ds`` with its raw (possibly malformed) elements written as they are."""
+    import struct
+
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element, write_file_meta_info
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=False)
+    fp.is_implicit_VR = True
+    for tag in sorted(ds._dict):
+        elem = ds._dict[tag]
+        if isinstance(elem, RawDataElement):
+            fp.write(struct.pack("<HHI", tag.group, tag.elem, len(elem.value)) + elem.value)
+        else:
+            write_data_element(fp, elem)
+    return bytes(fp.getvalue())
+
+
+def test_truncated_and_nan_geometry_nifti_are_refused(shared_data: Path, tmp_path: Path) -> None:
+    import gzip
+
+    import nibabel as nib
+
+    src = shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz"
+    raw = gzip.decompress(src.read_bytes())
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(raw[: len(raw) - 1000], compresslevel=1))
+    (tmp_path / "cut_stream.nii.gz").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    img = nib.load(src)
+    data = np.asarray(img.dataobj)[:8, :8, :8]
+    for name, value in (("nan", np.nan), ("zero", 0.0), ("inf", np.inf)):
+        out = nib.Nifti1Image(data, np.eye(4))
+        out.header["pixdim"][2] = value
+        nib.save(out, tmp_path / f"pixdim_{name}.nii.gz")
+        assert not np.isfinite(nib.load(tmp_path / f"pixdim_{name}.nii.gz").header["pixdim"][2]) or value == 0
+    res = read_images([tmp_path])
+    assert res.series == []
+    reasons = {Path(sk.path).name: sk.reason for sk in res.skipped}
+    assert "truncated NIfTI" in reasons["cut.nii"] and "truncated NIfTI" in reasons["cut.nii.gz"]
+    assert "truncated or corrupt" in reasons["cut_stream.nii.gz"]
+    for name in ("nan", "zero", "inf"):
+        assert "pixdim[2]" in reasons[f"pixdim_{name}.nii.gz"], reasons
+    assert read_volume(src).shape == (112, 101, 122)  # the intact file still reads

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medsynth.dicom_io.geometry import VolumeGeometry
-from medsynth.dicom_io.reader import HeaderFacts, ImageSeries, Skipped
+from medsynth.dicom_io.reader import SPACING_RANGE_MM, HeaderFacts, ImageSeries, Skipped
 from medsynth.errors import GeometryError, InputError, MedsynthError, UnsupportedInputError
 
 #: SOP classes (by pydicom's UID name fragments) that carry no image to train on
@@ -40,6 +40,8 @@ _PROJECTION_MODALITIES = {"DX", "CR", "MG", "RF", "XA", "IO", "PX", "RG"}
 _GAP_RTOL = 0.02
 #: a gap larger than this many times the median gap means missing slices: refuse
 _MAX_GAP_FACTOR = 3.0
+#: most frames one file may declare
+_MAX_FRAMES = 100_000
 
 
 @dataclass
@@ -57,19 +59,58 @@ class _Frame:
     intercept: float
 
 
+def _get(obj: Any, name: str, path: Path | None = None) -> Any:
+    """``obj.name`` or None; a value pydicom cannot parse (e.g. DS "abc") is an InputError naming it."""
+    if obj is None:
+        return None
+    try:
+        return getattr(obj, name, None)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError/TypeError/... on malformed values
+        raise InputError(f"unreadable {name} ({type(exc).__name__}: {str(exc)[:80]})", path) from None
+
+
+def _number(obj: Any, name: str, default: float, path: Path, *, integer: bool = False) -> float:
+    """One finite number from a header attribute (``default`` when absent or empty).
+
+    A multi-valued, non-numeric or non-finite value is an InputError naming the attribute, so a bad
+    header value skips its file (reported) instead of escaping the per-series handling.
+    """
+    v = _get(obj, name, path)
+    if v is None or (isinstance(v, (str, bytes)) and not str(v).strip()):
+        return default
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        if len(v) != 1:
+            raise InputError(f"{name} holds {len(v)} values, expected one", path)
+        v = v[0]
+    try:
+        x = float(v)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} {str(v)[:24]!r} is not a number", path) from None
+    if not math.isfinite(x):
+        raise InputError(f"{name} is not finite ({x})", path)
+    if integer and not x.is_integer():
+        raise InputError(f"{name} {x:g} is not an integer", path)
+    return x
+
+
 def _float_list(value: Any, n: int) -> npt.NDArray[np.float64] | None:
+    if value is None or isinstance(value, (str, bytes)):
+        return None
     try:
         arr = np.array([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return arr if arr.shape == (n,) and np.isfinite(arr).all() else None
 
 
 def _item(seq_parent: Any, seq: str, attr: str) -> Any:
-    s = getattr(seq_parent, seq, None)
-    if s is None or len(s) == 0:
+    s = _get(seq_parent, seq)
+    try:
+        if s is None or len(s) == 0:
+            return None
+        return _get(s[0], attr)
+    except TypeError:  # not a sequence
         return None
-    return getattr(s[0], attr, None)
 
 
 def _sop_class_name(ds: Any) -> str:
@@ -107,23 +148,37 @@ def _frames_of(path: Path, ds: Any) -> list[_Frame]:
         raise UnsupportedInputError(f"not an image ({name})", path)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise UnsupportedInputError(f"no PixelData ({name or 'unknown SOP class'}): not an image", path)
-    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
-        raise UnsupportedInputError(f"colour image ({ds.get('PhotometricInterpretation', '?')}, "
-                                    f"{ds.SamplesPerPixel} samples per pixel); a grey-scale image is needed", path)
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    samples = int(_number(ds, "SamplesPerPixel", 1, path, integer=True))
+    if samples != 1:
+        raise UnsupportedInputError(f"colour image ({_get(ds, 'PhotometricInterpretation', path) or '?'}, "
+                                    f"{samples} samples per pixel); a grey-scale image is needed", path)
+    n_frames = int(_number(ds, "NumberOfFrames", 1, path, integer=True)) or 1
+    rows = int(_number(ds, "Rows", 0, path, integer=True))
+    cols = int(_number(ds, "Columns", 0, path, integer=True))
     if rows < 1 or cols < 1 or n_frames < 1:
         raise InputError(f"image size {rows}x{cols}x{n_frames} is empty", path)
-    series_uid = str(getattr(ds, "SeriesInstanceUID", "") or f"no-series-uid:{path.parent}")
-    echo = str(getattr(ds, "EchoNumbers", "") or "")
-    temporal = str(getattr(ds, "TemporalPositionIdentifier", "") or "")
-    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    if n_frames > _MAX_FRAMES:
+        raise InputError(f"NumberOfFrames {n_frames} is implausible (at most {_MAX_FRAMES})", path)
+    _check_native_length(ds, rows, cols, n_frames, path)
+    series_uid = str(_get(ds, "SeriesInstanceUID", path) or f"no-series-uid:{path.parent}")
+    echo = str(_get(ds, "EchoNumbers", path) or "")
+    temporal = str(_get(ds, "TemporalPositionIdentifier", path) or "")
+    shared = _get(ds, "SharedFunctionalGroupsSequence", path)
     shared0 = shared[0] if shared else None
-    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence", path)
 
     def _spacing(obj: Any) -> tuple[float, float] | None:
-        sp = _float_list(getattr(obj, "PixelSpacing", None) or getattr(obj, "ImagerPixelSpacing", None) or [], 2)
-        return (float(sp[0]), float(sp[1])) if sp is not None and (sp > 0).all() else None
+        raw = _get(obj, "PixelSpacing", path) or _get(obj, "ImagerPixelSpacing", path)
+        if raw is None or raw == "":
+            return None
+        sp = _float_list(raw, 2)
+        if sp is None or not (sp > 0).all():
+            raise GeometryError(f"PixelSpacing {str(raw)[:40]!r} is not two positive numbers", path)
+        lo, hi = SPACING_RANGE_MM
+        if not ((sp >= lo) & (sp <= hi)).all():
+            raise GeometryError(f"PixelSpacing {sp[0]:g}\\{sp[1]:g} mm is implausible (outside {lo:g}..{hi:g} mm)",
+                                path)
+        return (float(sp[0]), float(sp[1]))
 
     frames: list[_Frame] = []
     if per_frame is not None:  # enhanced multi-frame: geometry per frame or shared
@@ -136,53 +191,78 @@ def _frames_of(path: Path, ds: Any) -> list[_Frame]:
             iop = next((_float_list(_item(g, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
                         for g in groups if _item(g, "PlaneOrientationSequence", "ImageOrientationPatient") is not None),
                        None)
-            meas = next((g.PixelMeasuresSequence[0] for g in groups if getattr(g, "PixelMeasuresSequence", None)), None)
+            meas = next((g.PixelMeasuresSequence[0] for g in groups if _get(g, "PixelMeasuresSequence", path)), None)
             pvt = next((g.PixelValueTransformationSequence[0] for g in groups
-                        if getattr(g, "PixelValueTransformationSequence", None)), None)
-            slope = float(getattr(pvt, "RescaleSlope", 1.0) or 1.0) if pvt is not None else 1.0
-            intercept = float(getattr(pvt, "RescaleIntercept", 0.0) or 0.0) if pvt is not None else 0.0
+                        if _get(g, "PixelValueTransformationSequence", path)), None)
+            slope = _number(pvt, "RescaleSlope", 1.0, path) or 1.0
+            intercept = _number(pvt, "RescaleIntercept", 0.0, path)
             tpos = str(_item(fg, "FrameContentSequence", "TemporalPositionIndex") or "")
             fkey: tuple[Any, ...] = (series_uid, rows, cols, None if iop is None else tuple(np.round(iop, 3)),
                                      echo, tpos, str(path))
             frames.append(_Frame(path, i, ds, fkey, ipp, iop, _spacing(meas) if meas is not None else None,
                                  slope, intercept))
         return frames
-    ipp = _float_list(getattr(ds, "ImagePositionPatient", None) or [], 3)
-    iop = _float_list(getattr(ds, "ImageOrientationPatient", None) or [], 6)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    ipp = _float_list(_get(ds, "ImagePositionPatient", path), 3)
+    iop = _float_list(_get(ds, "ImageOrientationPatient", path), 6)
+    slope = _number(ds, "RescaleSlope", 1.0, path) or 1.0
+    intercept = _number(ds, "RescaleIntercept", 0.0, path)
     key: tuple[Any, ...] = (series_uid, rows, cols, None if iop is None else tuple(np.round(iop, 3)), echo,
                             temporal)
+    spacing = _spacing(ds)
     if n_frames == 1:
-        return [_Frame(path, 0, ds, key, ipp, iop, _spacing(ds), slope, intercept)]
+        return [_Frame(path, 0, ds, key, ipp, iop, spacing, slope, intercept)]
     # legacy multi-frame: frame positions from GridFrameOffsetVector or SpacingBetweenSlices
-    offsets = _float_list(getattr(ds, "GridFrameOffsetVector", None) or [], n_frames)
-    if offsets is None and getattr(ds, "SpacingBetweenSlices", None) is not None:
-        offsets = np.arange(n_frames, dtype=np.float64) * float(ds.SpacingBetweenSlices)
-    modality = str(getattr(ds, "Modality", "") or "").upper()
+    offsets = _float_list(_get(ds, "GridFrameOffsetVector", path), n_frames)
+    if offsets is None and _get(ds, "SpacingBetweenSlices", path) not in (None, ""):
+        offsets = np.arange(n_frames, dtype=np.float64) * _number(ds, "SpacingBetweenSlices", 0.0, path)
+    modality = str(_get(ds, "Modality", path) or "").upper()
     key = (*key, str(path))
     if ipp is None or iop is None or offsets is None:
         if modality in _PROJECTION_MODALITIES:
-            return [_Frame(path, i, ds, key, None, None, _spacing(ds), slope, intercept) for i in range(n_frames)]
+            return [_Frame(path, i, ds, key, None, None, spacing, slope, intercept) for i in range(n_frames)]
         raise GeometryError(f"multi-frame file ({n_frames} frames) without per-frame positions "
                             "(no functional groups, GridFrameOffsetVector or SpacingBetweenSlices)", path)
     normal = np.cross(iop[:3], iop[3:])
-    return [_Frame(path, i, ds, key, ipp + offsets[i] * normal, iop, _spacing(ds), slope, intercept)
+    return [_Frame(path, i, ds, key, ipp + offsets[i] * normal, iop, spacing, slope, intercept)
             for i in range(n_frames)]
 
 
+def _check_native_length(ds: Any, rows: int, cols: int, n_frames: int, path: Path) -> None:
+    """Refuse uncompressed PixelData shorter than Rows × Columns × NumberOfFrames × BitsAllocated/8
+    (a header that declares more frames or pixels than the file holds), before anything is allocated."""
+    try:
+        elem = ds.get_item("PixelData")
+    except Exception:  # noqa: BLE001 - unreadable element: the decoder reports it
+        return
+    length = getattr(elem, "length", None)
+    if elem is None or not isinstance(length, int) or length == 0xFFFFFFFF:
+        return  # absent, or encapsulated (compressed): the decoder checks
+    bits = int(_number(ds, "BitsAllocated", 16, path, integer=True))
+    if bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"BitsAllocated {bits} is not 1, 8, 16, 32 or 64", path)
+    need = (rows * cols * n_frames * bits + 7) // 8
+    if length < need:
+        raise InputError(f"truncated pixel data: PixelData holds {length} bytes, but {rows}x{cols}x{n_frames} pixels of {bits} bits "
+                         f"need {need}", path)
+
+
 def _facts(ds: Any) -> HeaderFacts:
+    """Header facts; an unreadable or malformed value becomes empty (facts are hints only)."""
     def s(name: str) -> str:
-        v = getattr(ds, name, "")
-        return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" \
-            else str(v or "")
+        try:
+            v = getattr(ds, name, "")
+            return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" \
+                else str(v or "")
+        except Exception:  # noqa: BLE001 - malformed value: no fact
+            return ""
 
     def f(name: str) -> float | None:
         try:
             v = getattr(ds, name, None)
-            return None if v in (None, "") else float(v)
-        except (TypeError, ValueError):
+            x = None if v in (None, "") else float(v)
+        except Exception:  # noqa: BLE001 - malformed or multi-valued: no fact
             return None
+        return x if x is not None and math.isfinite(x) else None
 
     seq = "/".join(x for x in (s("ScanningSequence"), s("SequenceVariant"), s("SequenceName")) if x)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -203,7 +283,7 @@ def _decode(ds: Any, path: Path) -> npt.NDArray[np.float32]:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot decode pixel data ({msg[:180]})", path) from None
     arr = np.asarray(arr)
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    n_frames = int(_number(ds, "NumberOfFrames", 1, path, integer=True)) or 1
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[0] != n_frames:
@@ -217,13 +297,13 @@ def _projection_series(frame: _Frame, pixels: npt.NDArray[np.float32], name: str
     v = pixels * np.float32(frame.slope) + np.float32(frame.intercept)
     if not np.isfinite(v).all():
         raise InputError("image holds NaN/inf pixels", frame.path)
-    wc, ww = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
     try:
+        wc, ww = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
         c = float(wc[0] if type(wc).__name__ == "MultiValue" else wc) if wc is not None else None
         w = float(ww[0] if type(ww).__name__ == "MultiValue" else ww) if ww is not None else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - a malformed window is ignored (percentiles instead)
         c = w = None
-    if c is not None and w is not None and w > 1:
+    if c is not None and w is not None and math.isfinite(c) and math.isfinite(w) and w > 1:
         lo, hi = c - w / 2.0, c + w / 2.0
     else:
         lo, hi = (float(x) for x in np.percentile(v, (0.5, 99.5)))
@@ -286,7 +366,9 @@ def _stack(frames: list[_Frame], pixels: dict[tuple[Path, int], npt.NDArray[np.f
     p0 = first.ipp if first.ipp is not None else np.zeros(3)  # never None here (checked above)
     origin = (float(p0[0]), float(p0[1]), float(p0[2]))
     if n == 1:
-        thick = float(getattr(first.ds, "SliceThickness", 0) or 0) or 1.0
+        thick = _number(first.ds, "SliceThickness", 0.0, path) or 1.0
+        if not SPACING_RANGE_MM[0] <= thick <= SPACING_RANGE_MM[1]:
+            raise GeometryError(f"SliceThickness {thick:g} mm is implausible", path)
         geo = VolumeGeometry(origin, (sx, sy, thick), direction)
         return ImageSeries(name, files, vol, geo, facts, tuple(notes))
     gaps = np.diff(dist)
@@ -309,9 +391,12 @@ def _stack(frames: list[_Frame], pixels: dict[tuple[Path, int], npt.NDArray[np.f
                             f"{median:.2f} mm); refusing to interpolate across it", path)
     vol, new_n = _unshear_resample(vol, dist, u, v, (sx, sy), median)
     if sheared:
-        tilt = getattr(first.ds, "GantryDetectorTilt", None)
+        try:
+            tilt: float | None = _number(first.ds, "GantryDetectorTilt", math.nan, path)
+        except InputError:
+            tilt = math.nan
         shift = float(np.hypot(u, v).max())
-        notes.append(f"gantry tilt{f' {float(tilt):+g} deg' if tilt not in (None, '') else ''}: slices shifted "
+        notes.append(f"gantry tilt{f' {tilt:+g} deg' if tilt is not None and math.isfinite(tilt) else ''}: slices shifted "
                      f"in-plane by up to {shift:.1f} mm onto an orthogonal grid")
     if uneven:
         notes.append(f"uneven slice gaps {gaps.min():.2f}-{gaps.max():.2f} mm: resampled to {median:.2f} mm "
@@ -380,6 +465,8 @@ def iter_dicom_series(paths: Sequence[Path], *,
                 groups.setdefault(fr.key, []).append(fr)
         except MedsynthError as exc:
             yield Skipped(p, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a malformed header must never stop the other files
+            yield Skipped(p, f"malformed DICOM header ({type(exc).__name__}: {_one_line(exc)})")
     names = _group_names(groups)
     for key, frames in groups.items():
         name = names[key]
@@ -409,13 +496,22 @@ def iter_dicom_series(paths: Sequence[Path], *,
                     yield _projection_series(fr, pixels[(fr.path, fr.index)], nm)
             else:
                 yield _stack(good, pixels, name)
-        except MedsynthError as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad series must never stop the others
             files = {fr.path for fr in good}
-            reason = exc.message if len(files) == 1 else f"series {name} ({len(files)} files): {exc.message}"
-            yield Skipped(exc.path if len(files) == 1 and exc.path else good[0].path.parent, reason)
+            message = exc.message if isinstance(exc, MedsynthError) else \
+                f"malformed DICOM header ({type(exc).__name__}: {_one_line(exc)})"
+            where = exc.path if isinstance(exc, MedsynthError) else None
+            reason = message if len(files) == 1 else f"series {name} ({len(files)} files): {message}"
+            yield Skipped(where if len(files) == 1 and where else good[0].path.parent if len(files) > 1
+                          else good[0].path, reason)
         finally:
             for fr in good:
                 fr.ds = None  # release the headers' deferred pixel buffers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "no detail")[:120]
 
 
 def _group_names(groups: OrderedDict[tuple[Any, ...], list[_Frame]]) -> dict[tuple[Any, ...], str]:

@@ -189,18 +189,97 @@ def sitk_to_series(image: sitk.Image, path: Path, facts: HeaderFacts, name: str 
         geometry = VolumeGeometry.from_sitk(image)
     except MedsynthError as exc:
         raise InputError(f"unusable geometry: {exc.message}", path) from None
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= s <= hi for s in geometry.spacing):
+        raise InputError(f"voxel spacing {tuple(round(s, 6) for s in geometry.spacing)} mm is implausible "
+                         f"(outside {lo:g}..{hi:g} mm)", path)
     return ImageSeries(name=name or path.name, files=(path,), voxels=voxels, geometry=geometry,
                        facts=facts, notes=notes)
+
+
+#: bytes per voxel of NIfTI datatype codes (the ones SimpleITK reads)
+_NIFTI_DTYPE_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                      1792: 16, 2304: 4}
+#: plausible voxel spacing, mm: outside it a header is corrupt and is refused, never "fixed"
+SPACING_RANGE_MM = (1e-4, 1e3)
+
+
+def check_nifti(path: Path) -> None:
+    """Refuse a NIfTI-1/-2 file (``.nii`` or ``.nii.gz``) that is truncated or has unusable geometry.
+
+    SimpleITK fills a truncated file's missing voxels with zeros and turns NaN, 0 or infinite
+    ``pixdim`` into 1 mm; both would silently train on wrong data. Checks: the header is complete,
+    the data holds ``vox_offset + prod(dim) × bitpix/8`` bytes, and ``pixdim`` is finite and
+    positive for every spatial axis of size > 1. Raises InputError naming the problem.
+    """
+    import gzip
+    import struct
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                raise InputError(f"truncated NIfTI header ({len(head)} bytes)", path)
+            total = len(head)
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        msg = str(exc).strip() or type(exc).__name__
+        raise InputError(f"cannot read volume (truncated or corrupt NIfTI file: {msg[:120]})", path) from None
+    order = None
+    for endian in ("<", ">"):
+        size = struct.unpack(f"{endian}i", head[:4])[0]
+        if size in (348, 540):
+            order = (endian, size)
+    if order is None:
+        return  # not a NIfTI header: let SimpleITK say what it is
+    e, size = order
+    if size == 348:
+        dims = struct.unpack(f"{e}8h", head[40:56])
+        datatype, bitpix = struct.unpack(f"{e}2h", head[70:74])
+        pixdim = struct.unpack(f"{e}8f", head[76:108])
+        vox_offset = struct.unpack(f"{e}f", head[108:112])[0]
+    else:
+        if len(head) < 540:
+            raise InputError(f"truncated NIfTI-2 header ({len(head)} bytes)", path)
+        datatype, bitpix = struct.unpack(f"{e}2h", head[12:16])
+        dims = struct.unpack(f"{e}8q", head[16:80])
+        pixdim = struct.unpack(f"{e}8d", head[104:168])
+        vox_offset = float(struct.unpack(f"{e}q", head[168:176])[0])
+    if size == 348:
+        qform_code, sform_code = struct.unpack(f"{e}2h", head[252:256])
+        quatern = struct.unpack(f"{e}6f", head[256:280])
+        srow = struct.unpack(f"{e}12f", head[280:328])
+        if (qform_code > 0 and not np.isfinite(quatern).all()) or (sform_code > 0 and not np.isfinite(srow).all()):
+            raise InputError("NIfTI orientation (qform/sform) holds NaN or infinite values", path)
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7 or any(int(d) < 1 for d in dims[1:ndim + 1]):
+        raise InputError(f"NIfTI header has an invalid dim field {list(dims[:ndim + 1])}", path)
+    for axis in range(1, min(ndim, 3) + 1):
+        sp = float(pixdim[axis])
+        if not np.isfinite(sp) or (dims[axis] > 1 and sp <= 0):
+            raise InputError(f"NIfTI pixdim[{axis}] is {sp:g}: unusable voxel spacing (refused rather than "
+                             "guessed as 1 mm)", path)
+    nbytes = _NIFTI_DTYPE_BYTES.get(int(datatype), max(int(bitpix), 8) // 8)
+    n_vox = int(np.prod([int(d) for d in dims[1:ndim + 1]], dtype=np.float64))
+    need = int(vox_offset if np.isfinite(vox_offset) and vox_offset >= size else size + 4) + n_vox * nbytes
+    if total < need:
+        raise InputError(f"truncated NIfTI file: {total} bytes of image data and header, {need} needed "
+                         f"({n_vox} voxels of {nbytes} bytes)", path)
 
 
 def read_volume(path: str | Path) -> ImageSeries:
     """Read a NIfTI/NRRD/MHA volume through SimpleITK, orientation respected (LPS geometry).
 
+    NIfTI files are checked first (:func:`check_nifti`: truncated data, NaN/0/inf spacing).
     Raises :class:`InputError` when the file cannot be read or holds no usable image.
     """
     import SimpleITK as sitk
 
     path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
