@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from medsynth import __version__
 from medsynth.dicom_io.geometry import VolumeGeometry
+from medsynth.dicom_io.iod import table_centre
 from medsynth.errors import ConfigError, ModelPackError, OutputError
 from medsynth.outputs import require_usable_output
 from medsynth.pack import ModelPack, bundled_packs_dir, load_pack
@@ -152,6 +153,10 @@ def resolve_pack(preset: Preset, model: Path | None, model_dir: Path | None = No
     """The pack to sample from: ``model`` if given, else the preset's ``model_id`` pack in
     ``model_dir`` or the bundled packs. Verifies sha256s (tampered or foreign files are refused)."""
     if model is not None:
+        # a folder, or the name of a bundled pack (e.g. ``--model ct-body-512``)
+        named = bundled_packs_dir() / str(model)
+        if not (Path(model) / "pack.json").is_file() and Path(str(model)).name == str(model) and (named / "pack.json").is_file():
+            model = named
         pack = load_pack(model)
     else:
         candidates = [d / preset.model_id for d in (model_dir, bundled_packs_dir()) if d is not None]
@@ -401,7 +406,8 @@ def generate(
     preview_tiles: list[npt.NDArray[np.uint8]] = []
 
     def geometry_for(n: int) -> VolumeGeometry:
-        return VolumeGeometry.axial((rows, cols), meta.pixel_spacing_mm, meta.slice_spacing_mm or preset.slice_thickness_mm, n)
+        return VolumeGeometry.axial((rows, cols), meta.pixel_spacing_mm, meta.slice_spacing_mm or preset.slice_thickness_mm, n,
+                                    centre=table_centre(preset, condition))
 
     writer: Any
     sink: _PlainSink | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,7 +56,8 @@ def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, cr
             cfg = replace(cfg, channels=tuple(int(c) for c in channels.split(",")))
     except ValueError:
         raise ConfigError(f"--channels must be comma-separated integers, got {channels!r}") from None
-    cfg = replace(cfg, **{k: v for k, v in {"crop": crop, "batch_size": batch_size, "seed": seed}.items() if v is not None})
+    changes: dict[str, Any] = {k: v for k, v in {"crop": crop, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    cfg = replace(cfg, **changes)
     summary = train_autoencoder(dataset, run_dir, cfg if (channels or crop or batch_size or seed is not None) else None,
                                 steps=steps, max_minutes=max_minutes, threads=threads, show_progress=not as_json)
     if as_json:
@@ -94,10 +96,11 @@ def train_latent_cmd(dataset: Path, ae_run: Path, run_dir: Path, channels: str |
     try:
         if channels:
             ch = tuple(int(c) for c in channels.split(","))
-            cfg = replace(cfg, channels=ch, attention_levels=tuple(i > 0 for i in range(len(ch))))
+            cfg = replace(cfg, channels=ch, attention_levels=tuple(i == len(ch) - 1 for i in range(len(ch))))
     except ValueError:
         raise ConfigError(f"--channels must be comma-separated integers, got {channels!r}") from None
-    cfg = replace(cfg, **{k: v for k, v in {"batch_size": batch_size, "seed": seed}.items() if v is not None})
+    changes: dict[str, Any] = {k: v for k, v in {"batch_size": batch_size, "seed": seed}.items() if v is not None}
+    cfg = replace(cfg, **changes)
     summary = train_latent(dataset, ae_run, run_dir, cfg if (channels or batch_size or seed is not None) else None,
                            steps=steps, max_minutes=max_minutes, threads=threads, show_progress=not as_json)
     if as_json:

@@ -1,0 +1,207 @@
+"""Measure a latent CT pack on patients it never saw, through `generate`'s own path.
+
+    python benchmarks/eval_latent.py --pack src/medsynth/packs/ct-body --ae-run ~/medsynth-runs/ct-body-v2/ae \
+        --out benchmarks/results/ct-body-v2
+
+Held out of every stage of training (autoencoder and denoiser; see packaging/packs.toml):
+  * ``ct/chest_pyradiomics_lung2.nrrd`` (one chest CT series, 61 slices → 5 mm),
+  * ``ct/covid_nysbu_axial_dicom/`` (20 single slices of 10 patients: chest and abdomen-pelvis).
+Everything is resampled as `medsynth prepare --matrix 512 --pixel-spacing 0.8` does.
+
+Reports (JSON + Markdown table, and PNGs to look at):
+  1. Autoencoder reconstruction of the held-out slices: PSNR over the pack's range (-1024..2047 HU)
+     and over -1024..3071 HU (the range named in the issue; same error, larger peak), SSIM.
+  2. `generate` (the library function users call, pack defaults): one series per label, then
+     against held-out real slices: Fréchet distance on the evaluation features, nearest-real SSIM,
+     radial-spectrum distance, a cross-validated real-vs-synthetic discriminator, tissue fractions,
+     memorisation (nearest *training* slice SSIM), adjacent-slice SSIM of the series — each beside
+     its real-vs-real baseline (training real vs held-out real: two sets of different patients).
+  3. contact sheet and coronal reformat of a generated series (look at them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from medsynth.dataset import load_dataset  # noqa: E402
+from medsynth.evaluation.discriminator import discriminate  # noqa: E402
+from medsynth.evaluation.features import frechet_distance, image_features  # noqa: E402
+from medsynth.evaluation.metrics import nearest_ssim, ssim_pairs, tissue_fractions, total_variation  # noqa: E402
+from medsynth.evaluation.texture import radial_log_spectra, spectrum_distance, working_copy  # noqa: E402
+from medsynth.generate import GenerateConfig, generate  # noqa: E402
+from medsynth.pack import load_pack  # noqa: E402
+from medsynth.prepare import crop_pad_centred, largest_component  # noqa: E402
+
+LO, HI = -1024.0, 2047.0
+
+
+def to_model(hu: np.ndarray) -> np.ndarray:
+    return ((np.clip(hu, LO, HI) - LO) / (HI - LO) * 2 - 1).astype(np.float32)
+
+
+def to_hu(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, dtype=np.float64) + 1) / 2 * (HI - LO) + LO
+
+
+def covid_slices(shared: Path, spacing: float = 0.8, matrix: int = 512) -> tuple[np.ndarray, list[str]]:
+    """The 20 held-out single CT slices → model space [20, 512, 512]; region from the study description."""
+    out, regions = [], []
+    for f in sorted((shared / "ct" / "covid_nysbu_axial_dicom").glob("*.dcm")):
+        img = sitk.ReadImage(str(f))
+        img = img[:, :, 0] if img.GetDimension() == 3 else img
+        sp = img.GetSpacing()
+        size = [int(round(img.GetSize()[i] * sp[i] / spacing)) for i in range(2)]
+        img = sitk.Resample(sitk.SmoothingRecursiveGaussian(img, spacing / 2.5), size, sitk.Transform(), sitk.sitkLinear,
+                            img.GetOrigin(), (spacing, spacing), img.GetDirection(), -1024.0, sitk.sitkFloat32)
+        hu = sitk.GetArrayFromImage(img).astype(np.float32)
+        mask = largest_component((hu > -500)[None])[0]
+        ys, xs = np.nonzero(mask)
+        centre = (float(ys.mean()), float(xs.mean())) if len(ys) else (hu.shape[0] / 2, hu.shape[1] / 2)
+        out.append(to_model(crop_pad_centred(hu[None], centre, (matrix, matrix), -1024.0)[0]))
+        from pydicom import dcmread
+
+        desc = str(dcmread(f, stop_before_pixels=True).get("StudyDescription", "")).upper()
+        regions.append("chest" if "CHEST" in desc and "ABD" not in desc else "abdomen-pelvis")
+    return np.stack(out), regions
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak_range: float) -> float:
+    mse = float(np.mean((to_hu(a) - to_hu(b)) ** 2))
+    return 10 * np.log10(peak_range**2 / max(mse, 1e-12))
+
+
+def reconstruction(pack_dir: Path, real: np.ndarray) -> dict[str, float]:
+    import onnxruntime as ort
+
+    pack = load_pack(pack_dir)
+    spec = pack.metadata.latent
+    assert spec is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    enc = ort.InferenceSession(str(pack_dir / spec.encoder), so, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(pack_dir / spec.decoder), so, providers=["CPUExecutionProvider"])
+    rec = []
+    for i in range(0, len(real), 4):
+        z = enc.run(["latent"], {"image": real[i : i + 4, None]})[0]
+        rec.append(dec.run(["image"], {"latent": z})[0][:, 0])
+    r = np.concatenate(rec)
+    s = ssim_pairs(working_copy(real, 512), working_copy(r, 512))
+    return {"psnr_db_-1024_2047": psnr(real, r, HI - LO), "psnr_db_-1024_3071": psnr(real, r, 3071 + 1024),
+            "ssim": float(np.mean(s)), "slices": len(real)}
+
+
+def generated_series(pack_dir: Path, label: str, n: int, seed: int, work: Path) -> tuple[np.ndarray, dict]:
+    out = work / f"gen-{label}"
+    res = generate(GenerateConfig(modality="ct-pelvis" if label == "pelvis" else f"ct-{label}", out_dir=out,
+                                  slices=n, seed=seed, condition=label, model=pack_dir, format="nifti"))
+    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(next(out.rglob("*.nii.gz"))))).astype(np.float32)
+    return to_model(vol), res.to_json()
+
+
+def grid(images: np.ndarray, cols: int = 8, window: tuple[float, float] = (40, 400)) -> np.ndarray:
+    c, w = window
+    x = np.clip((to_hu(images) - (c - w / 2)) / w, 0, 1)
+    n, h, wd = x.shape
+    rows = int(np.ceil(n / cols))
+    sheet = np.zeros((rows * h, cols * wd))
+    for i in range(n):
+        r, cc = divmod(i, cols)
+        sheet[r * h : (r + 1) * h, cc * wd : (cc + 1) * wd] = x[i]
+    return (sheet * 255).astype(np.uint8)
+
+
+def coronal(vol: np.ndarray, slice_mm: float = 5.0, pixel_mm: float = 0.8) -> np.ndarray:
+    """Coronal reformat through the middle of a [Z, H, W] series, superior at the top, to scale."""
+    cor = vol[::-1, vol.shape[1] // 2, :]
+    rep = max(1, int(round(slice_mm / pixel_mm)))
+    return np.repeat(cor, rep, axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", type=Path, required=True)
+    ap.add_argument("--train-data", type=Path, required=True, help="the 5 mm dataset the denoiser was trained on")
+    ap.add_argument("--holdout-series", type=Path, required=True, help="prepared lung2 dataset (512², 0.8 mm)")
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--slices", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    t0 = time.time()
+    covid, regions = covid_slices(args.shared)
+    lung2 = np.asarray(load_dataset(args.holdout_series).slices)
+    train = load_dataset(args.train_data)
+    train_x = np.asarray(train.slices)
+    held = {"chest": np.concatenate([lung2, covid[[r == "chest" for r in regions]]]),
+            "abdomen-pelvis": covid[[r != "chest" for r in regions]]}
+    report: dict = {"pack": str(args.pack), "pack_identity": load_pack(args.pack).identity,
+                    "held_out": {"chest": f"chest_pyradiomics_lung2 ({len(lung2)} slices) + "
+                                          f"{sum(r == 'chest' for r in regions)} covid_nysbu chest slices",
+                                 "abdomen-pelvis": f"{sum(r != 'chest' for r in regions)} covid_nysbu abdomen-pelvis slices"}}
+    report["reconstruction"] = reconstruction(args.pack, np.concatenate([lung2, covid]))
+    with tempfile.TemporaryDirectory() as work:
+        gens = {}
+        for label in ("pelvis", "abdomen", "chest"):
+            vol, info = generated_series(args.pack, label, args.slices, args.seed, Path(work))
+            gens[label] = vol
+            report.setdefault("generate", {})[label] = {k: info[k] for k in ("seconds", "stage_seconds", "sampler",
+                                                                               "steps", "guidance")}
+            Image.fromarray(grid(vol)).save(args.out / f"contact_{label}.png")
+            Image.fromarray(grid(coronal(vol)[None], cols=1)).save(args.out / f"coronal_{label}.png")
+    groups = {"chest": (gens["chest"], held["chest"], train_x[train.labels == 2]),
+              "abdomen-pelvis": (np.concatenate([gens["pelvis"], gens["abdomen"]]), held["abdomen-pelvis"],
+                                 train_x[train.labels != 2])}
+    metrics = {}
+    for name, (syn, real, tr) in groups.items():
+        fs, fr, ft = (image_features(working_copy(a, 128)) for a in (syn, real, tr))
+        spec_r, spec_s, spec_t = (radial_log_spectra(working_copy(a, 256)) for a in (real, syn, tr))
+        nn_s = nearest_ssim(working_copy(syn, 128), working_copy(real, 128)).scores
+        nn_t = nearest_ssim(working_copy(tr, 128), working_copy(real, 128)).scores
+        copy_s = nearest_ssim(working_copy(syn, 128), working_copy(tr, 128)).scores
+        tf_s, tf_r, tf_t = (tissue_fractions(to_hu(a)) for a in (syn, real, tr))
+        m = {
+            "n_synthetic": len(syn), "n_real_heldout": len(real), "n_real_train": len(tr),
+            "frechet": frechet_distance(fs, fr), "frechet_baseline_train_vs_heldout": frechet_distance(ft, fr),
+            "nearest_real_ssim": float(np.mean(nn_s)), "nearest_real_ssim_baseline": float(np.mean(nn_t)),
+            "spectrum_distance": spectrum_distance(spec_s, spec_r), "spectrum_baseline": spectrum_distance(spec_t, spec_r),
+            "tissue_tv": total_variation(tf_s, tf_r), "tissue_tv_baseline": total_variation(tf_t, tf_r),
+            "max_ssim_to_training": float(np.max(copy_s)),
+        }
+        try:
+            d_syn = discriminate(working_copy(real, 128), np.arange(len(real)), working_copy(syn, 128),
+                                 np.arange(len(syn)) // 8)
+            d_base = discriminate(working_copy(real, 128), np.arange(len(real)), working_copy(tr, 128),
+                                  np.arange(len(tr)) // 8)
+            m["discriminator_accuracy"] = d_syn.accuracy
+            m["discriminator_baseline_train_vs_heldout"] = d_base.accuracy
+            m["discriminator_model"] = d_syn.model
+        except Exception as exc:  # noqa: BLE001 - report, do not hide
+            m["discriminator_error"] = str(exc)
+        metrics[name] = m
+    adj = {}
+    for label, vol in gens.items():
+        adj[label] = float(np.mean(ssim_pairs(working_copy(vol[:-1], 128), working_copy(vol[1:], 128))))
+    adj["real_lung2_5mm"] = float(np.mean(ssim_pairs(working_copy(lung2[:-1], 128), working_copy(lung2[1:], 128))))
+    report["metrics"] = metrics
+    report["adjacent_slice_ssim"] = adj
+    report["seconds"] = round(time.time() - t0, 1)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Replay a latent-diffusion recipe of packaging/packs.toml (``kind = "latent"``):
+prepare (autoencoder data at native slice spacing, denoiser data at the preset's 5 mm) →
+train-autoencoder → train-latent → export into src/medsynth/packs/<id>/.
+
+    python packaging/build_latent_pack.py ct-body-512 --work ~/medsynth-runs/ct-body-v2
+
+Runs are resumed when ``--work`` already holds them (checkpoints every 100 steps), so the build can
+span several sessions; every medsynth step runs through its CLI. Only the standard library and
+medsynth are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "packaging" / "packs.toml"
+
+
+def medsynth(*args: str) -> None:
+    print("+ medsynth " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "medsynth.cli.main", *args], check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("pack_id")
+    ap.add_argument("--work", type=Path, required=True, help="run folder outside the repository")
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--ae-steps", type=int, required=True)
+    ap.add_argument("--ld-steps", type=int, required=True)
+    ap.add_argument("--stage", choices=["prepare", "autoencoder", "denoiser", "export", "all"], default="all")
+    args = ap.parse_args()
+    recipe = tomllib.loads(RECIPES.read_text(encoding="utf-8"))[args.pack_id]
+    if recipe.get("kind") != "latent":
+        sys.exit(f"error: [{args.pack_id}] in {RECIPES} is not a latent recipe")
+    w = args.work
+    w.mkdir(parents=True, exist_ok=True)
+    labels = w / "labels.csv"
+    grid = ["--matrix", str(recipe["matrix"]), "--pixel-spacing", str(recipe["pixel_spacing_mm"])]
+    if args.stage in ("prepare", "all"):
+        labels.write_text("".join(f"{n},{lab}{',' + z if z else ''}\n" for n, lab, z in recipe["labels"]), encoding="utf-8")
+        ae_in = [str(args.shared / p) for p in recipe["autoencoder_inputs"]]
+        ld_in = [str(args.shared / p) for p in recipe["denoiser_inputs"]]
+        medsynth("prepare", *ae_in, "-m", recipe["preset"], "--labels-file", str(labels), *grid, "--slice-spacing", "0",
+                 "-o", str(w / "data-ae"), "--force", "--json")
+        medsynth("prepare", *ld_in, "-m", recipe["preset"], "--labels-file", str(labels), *grid,
+                 "-o", str(w / "data-train"), "--force", "--json")
+    subst = {"AE_STEPS": str(args.ae_steps), "LD_STEPS": str(args.ld_steps)}
+    if args.stage in ("autoencoder", "all"):
+        medsynth("train-autoencoder", str(w / "data-ae"), "-o", str(w / "ae"),
+                 *[subst.get(a, a) for a in recipe["autoencoder"]], "--json")
+    if args.stage in ("denoiser", "all"):
+        medsynth("train-latent", str(w / "data-train"), "--autoencoder", str(w / "ae"), "-o", str(w / "ldm"),
+                 *[subst.get(a, a) for a in recipe["denoiser"]], "--json")
+    if args.stage in ("export", "all"):
+        medsynth("export", str(w / "ldm"), "--autoencoder", str(w / "ae"), "-o",
+                 str(REPO / "src" / "medsynth" / "packs" / args.pack_id), *recipe["export"], "--force", "--json")
+
+
+if __name__ == "__main__":
+    main()
