@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -72,7 +73,8 @@ def random_volume(preset_name: str, n: int, seed: int = 0) -> tuple[np.ndarray, 
 def test_every_preset_is_valid_and_marked(tmp_path: Path, name: str) -> None:
     preset = PRESETS[name]
     vol, geom = random_volume(name, 3)
-    manifest = write_volume(vol, geom, preset, tmp_path / "out", WriterOptions(seed=5), PROV)
+    prov = dataclasses.replace(PROV, condition=preset.default_condition)
+    manifest = write_volume(vol, geom, preset, tmp_path / "out", WriterOptions(seed=5), prov)
     out = tmp_path / "out"
     assert len(manifest["files"]) == 3 and manifest["complete"] is True
 

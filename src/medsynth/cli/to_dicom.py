@@ -63,12 +63,14 @@ def _parse_dates(value: str) -> tuple[dt.date, dt.date]:
 @click.option("--synthetic", is_flag=True,
               help="The input is itself synthetic (e.g. from a generator): mark the output SyntheticData YES. "
                    "Without it the input is treated as a real scan and written as de-identified real data.")
+@click.option("--dcm-names", is_flag=True,
+              help="Name files IM000000.dcm (then no DICOMDIR: its File IDs cannot hold a '.').")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
 def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing: str | None,
              seed: int | None, uid_root: str | None, patients: int, studies: int, series: int,
              name_prefix: str, id_prefix: str, sex: str, age: str, study_dates: str, synthetic: bool,
-             as_json: bool) -> None:
+             dcm_names: bool, as_json: bool) -> None:
     """Write INPUT (NIfTI/NRRD/MHA volume, or .npy [z,y,x] / [rows,cols] array) as DICOM.
 
     The input's geometry and values are kept (CT in HU, exact for integers); patient, study, dates
@@ -95,7 +97,7 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
     identity = IdentityOptions(name_prefix=name_prefix, id_prefix=id_prefix, sex=Sex(sex),
                                age_years=_parse_age(age), study_dates=_parse_dates(study_dates))
     options = WriterOptions(patients=patients, studies_per_patient=studies, series_per_study=series,
-                            identity=identity, uid_root=uid_root, seed=seed)
+                            identity=identity, uid_root=uid_root, seed=seed, dcm_names=dcm_names)
     columns = (TextColumn("writing DICOM"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task("write", total=None)
@@ -122,4 +124,4 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
         echo_json(summary)
     else:
         click.echo(f"wrote {summary['files']} {summary['modality']} files in {summary['series']} series "
-                   f"to {out_dir} (DICOMDIR, manifest.json)")
+                   f"to {out_dir} ({'DICOMDIR, ' if summary['dicomdir'] else ''}manifest.json)")

@@ -17,8 +17,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import DIRECTORY_RECORDERS
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
+from medsynth import __version__
+from medsynth.dicom_io.uids import IMPLEMENTATION_CLASS_UID
 from medsynth.errors import DicomWriteError
 
 _NEXT = 0x00041400
@@ -106,7 +108,8 @@ def build_dicomdir(entries: list[DirEntry], fileset_id: str, fileset_uid: UID) -
     meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
     meta.MediaStorageSOPInstanceUID = fileset_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
     head = Dataset()
     head.FileSetID = fileset_id
     head.add_new(0x00041200, "UL", 0)  # offset of the first root record

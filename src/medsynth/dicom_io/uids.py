@@ -29,6 +29,9 @@ from medsynth.errors import ConfigError
 
 # Name space for medsynth's name-based (version 5) UUIDs: uuid5(NAMESPACE_URL, "medsynth").
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://medsynth.invalid/uid")
+#: medsynth's own ImplementationClassUID (file meta of every file it writes): the 2.25 form of
+#: uuid5(NAMESPACE_URL, "https://medsynth.invalid/dicom/implementation-class"), fixed forever
+IMPLEMENTATION_CLASS_UID = UID("2.25.165226128838348244470776687708967495242")
 _ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _MAX_ROOT = 54  # pydicom's limit on the prefix, leaving room for a unique suffix in 64 characters
 

@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from medsynth import __version__
 from medsynth.dicom_io.geometry import VolumeGeometry
@@ -70,6 +70,14 @@ from medsynth.dicom_io.identity import (
     make_patient,
     make_study,
     run_entropy,
+)
+from medsynth.dicom_io.iod import (
+    add_ct_module,
+    add_dx_modules,
+    add_mr_module,
+    anatomy_for,
+    describe,
+    mr_sequence_for,
 )
 from medsynth.dicom_io.provenance import (
     MANUFACTURER,
@@ -83,10 +91,10 @@ from medsynth.dicom_io.provenance import (
     code_item,
     equipment_model_name,
 )
-from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
+from medsynth.dicom_io.uids import IMPLEMENTATION_CLASS_UID, UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
 from medsynth.outputs import require_usable_output
-from medsynth.presets import CodedConcept, Modality, Preset, Window
+from medsynth.presets import Modality, Preset, Window
 
 __all__ = [
     "MANIFEST_NAME", "PRIVATE_CREATOR", "PRIVATE_GROUP", "PRIVATE_TAGS", "FileRecord", "PixelEncoding", "PixelOrigin",
@@ -95,7 +103,6 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
-PA_VIEW = CodedConcept("399348003", "SCT", "postero-anterior")
 
 # Attributes the DICOMDIR's PATIENT/STUDY/SERIES/IMAGE records are built from.
 _DICOMDIR_KEYWORDS = (
@@ -125,6 +132,8 @@ class WriterOptions:
     ``slices_per_series`` is a hint for callers that make slices (``generate``); the writer takes
     whatever slices it is given. ``uid_root`` is a UID prefix (default: the 2.25 UUID form);
     ``seed`` makes UIDs, identities and timestamps — hence every output byte — reproducible.
+    ``dcm_names`` names files ``IM000000.dcm``; a DICOMDIR cannot reference such names (File IDs
+    allow no '.'), so none is written then.
     """
 
     patients: int = 1
@@ -134,6 +143,7 @@ class WriterOptions:
     identity: IdentityOptions = field(default_factory=IdentityOptions)
     uid_root: str | None = None
     seed: int | None = None
+    dcm_names: bool = False
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies_per_patient", "series_per_study"):
@@ -436,7 +446,8 @@ class SyntheticStudyWriter:
         stu, study_uid, stu_dir = self._study(patient, study)
         rel = f"PT{pat_dir:06d}/ST{stu_dir:06d}/SE{series_index:06d}"
         enc = encoding or PixelEncoding.for_preset(self.preset)
-        desc = description or self.preset.series_description
+        desc = description or describe(self.preset, self.provenance.condition, self.provenance.pixel_origin,
+                                       series_index, self.options.series_per_study).series
         series = _Series(
             slot=slot, dir=self.out_dir / rel, rel=rel,
             series_uid=self._uids.uid("series", patient, study, series_index),
@@ -489,7 +500,7 @@ class SyntheticStudyWriter:
 
         ds.file_meta = self._file_meta(sop_uid)
 
-        name = f"IM{series.files:06d}"
+        name = f"IM{series.files:06d}" + (".dcm" if self.options.dcm_names else "")
         final = series.dir / name
         tmp = series.dir / f".{name}.partial"
         try:
@@ -517,7 +528,7 @@ class SyntheticStudyWriter:
     def finish(self) -> dict[str, Any]:
         """Write the DICOMDIR and ``manifest.json``; return the manifest (see ``manifest.json``)."""
         self._check_open()
-        if self._files:
+        if self._files and not self.options.dcm_names:
             self._write_dicomdir()
         return self._write_manifest(complete=True)
 
@@ -539,7 +550,7 @@ class SyntheticStudyWriter:
         meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
         meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
         meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
         return meta
 
@@ -600,7 +611,9 @@ class SyntheticStudyWriter:
         ds.ReferringPhysicianName = ""
         ds.StudyID = stu.study_id
         ds.AccessionNumber = stu.accession
-        ds.StudyDescription = p.study_description
+        anatomy = anatomy_for(p, prov.condition)
+        text = describe(p, prov.condition, prov.pixel_origin, series.slot.series, self.options.series_per_study)
+        ds.StudyDescription = text.study
         ds.PatientAge = age_string(stu.age_years)
 
         # General Series
@@ -610,7 +623,9 @@ class SyntheticStudyWriter:
         ds.SeriesDate = _da(stu.date)
         ds.SeriesTime = _tm(stu.time)
         ds.SeriesDescription = series.description[:64]
-        ds.BodyPartExamined = p.body_part_examined
+        ds.BodyPartExamined = anatomy.body_part
+        if prov.pixel_origin.synthetic:
+            ds.ProtocolName = text.protocol
         if p.modality is not Modality.DX:
             ds.PatientPosition = "HFS"
 
@@ -627,9 +642,9 @@ class SyntheticStudyWriter:
         ds.ContentTime = _tm(stu.time)
         ds.AcquisitionNumber = 1
         ds.LossyImageCompression = "00"
-        ds.AnatomicRegionSequence = Sequence([code_item(p.anatomic_region)])
+        ds.AnatomicRegionSequence = Sequence([code_item(anatomy.region)])
         # Contributing Equipment, SyntheticData, de-identification, burned-in/recognisable features
-        apply_origin_markers(ds, prov, p.modality, head=p.anatomic_region.value == "12738006",
+        apply_origin_markers(ds, prov, p.modality, head=anatomy.head,
                              created=created.strftime("%Y%m%d%H%M%S"))
 
         # Image Pixel
@@ -649,7 +664,7 @@ class SyntheticStudyWriter:
 
         row_sp, col_sp = geom.spacing[1], geom.spacing[0]
         if p.modality is Modality.DX:
-            self._dx_modules(ds, row_sp, col_sp)
+            add_dx_modules(ds, row_sp, col_sp, prov.pixel_origin)
         else:
             # Frame of Reference + Image Plane
             ds.FrameOfReferenceUID = series.frame_uid
@@ -659,54 +674,12 @@ class SyntheticStudyWriter:
             ds.SliceThickness = _ds(geom.spacing[2])
             ds.SpacingBetweenSlices = _ds(geom.spacing[2])
             if p.modality is Modality.CT:
-                self._ct_module(ds, enc)
+                add_ct_module(ds, geom, enc.rescale_intercept, enc.rescale_slope)
             else:
-                self._mr_module(ds)
+                add_mr_module(ds, mr_sequence_for(p, prov.condition))
 
         add_private_block(ds, prov)
         return ds
-
-    def _ct_module(self, ds: Dataset, enc: PixelEncoding) -> None:
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.RescaleIntercept = _ds(enc.rescale_intercept)
-        ds.RescaleSlope = _ds(enc.rescale_slope)
-        ds.RescaleType = "HU"
-        ds.KVP = ""
-
-    def _mr_module(self, ds: Dataset) -> None:
-        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-        # No real acquisition happened: type 1 attributes say so ("RM" research mode, no
-        # variant), type 2 acquisition parameters are left empty rather than invented.
-        ds.ScanningSequence = "RM"
-        ds.SequenceVariant = "NONE"
-        ds.ScanOptions = ""
-        ds.MRAcquisitionType = "2D"
-        ds.RepetitionTime = ""
-        ds.EchoTime = ""
-        ds.EchoTrainLength = ""
-        ds.ImagedNucleus = "1H"
-
-    def _dx_modules(self, ds: Dataset, row_sp: float, col_sp: float) -> None:
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ImageLaterality = "U"
-        ds.PatientOrientation = ["L", "F"]
-        ds.ViewPosition = "PA"
-        ds.PixelIntensityRelationship = "LIN"
-        ds.PixelIntensityRelationshipSign = 1
-        ds.RescaleIntercept = "0"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "US"
-        ds.PresentationLUTShape = "IDENTITY"
-        ds.ImagerPixelSpacing = [_ds(row_sp), _ds(col_sp)]
-        ds.PixelSpacing = [_ds(row_sp), _ds(col_sp)]
-        ds.PixelSpacingCalibrationType = "GEOMETRY"
-        ds.PixelSpacingCalibrationDescription = "synthetic image: nominal spacing of the model"
-        ds.ViewCodeSequence = Sequence([code_item(PA_VIEW)])
-        ds.PositionerType = ""
-        ds.DetectorType = ""
-        ds.KVP = ""
-        ds.AcquisitionContextSequence = Sequence([])
 
     def _write_dicomdir(self) -> None:
         """Write DICOMDIR (records by pydicom's FileSet record definitions, see ``dicomdir.py``).
@@ -745,7 +718,7 @@ class SyntheticStudyWriter:
             "uid_namespace": self.namespace,
             "provenance": self.provenance.to_json(),
             "private_block": {"group": f"{PRIVATE_GROUP:04X}", "creator": PRIVATE_CREATOR},
-            "dicomdir": "DICOMDIR" if complete and self._files else None,
+            "dicomdir": "DICOMDIR" if complete and self._files and not self.options.dcm_names else None,
             "patients": len(self._patients),
             "studies": len(self._studies),
             "series": [s.summary() for s in self._series],
