@@ -12,8 +12,17 @@ from medsynth.cli._common import echo_json, handle_errors
 @click.command("evaluate")
 @click.option("--real", "real", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Prepared dataset of real images (`medsynth prepare`): the reference.")
-@click.option("--synthetic", "synthetic", required=True, type=click.Path(path_type=Path),
+@click.option("--synthetic", "synthetic", default=None, type=click.Path(path_type=Path),
               help="Generated output folder (DICOM or NIfTI, `medsynth generate`) or a prepared dataset.")
+@click.option("--pack", "pack", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Instead of --synthetic: a model pack; its images are made by `medsynth generate` itself "
+                   "(pack defaults, one condition per real label) so the numbers describe what users get.")
+@click.option("--images", "pack_images", default=64, show_default=True, type=click.IntRange(2, 100000),
+              help="With --pack: how many images to generate.")
+@click.option("--steps", "pack_steps", default=None, type=click.IntRange(1, 10000),
+              help="With --pack: sampler steps (default: the pack's).")
+@click.option("--discriminator", default="auto", show_default=True, type=click.Choice(["auto", "cnn", "logistic"]),
+              help="Real-vs-synthetic discriminator: a small CNN (needs torch), logistic regression, or auto.")
 @click.option("--train", "train", default=None, type=click.Path(path_type=Path, file_okay=False),
               help="Prepared training dataset of the model: enables the memorisation check.")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -26,18 +35,23 @@ from medsynth.cli._common import echo_json, handle_errors
 @click.option("--force", is_flag=True, help="Replace an existing report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the table.")
 @handle_errors
-def evaluate(real: Path, synthetic: Path, train: Path | None, output: Path, seed: int, max_images: int,
+def evaluate(real: Path, synthetic: Path | None, pack: Path | None, pack_images: int, pack_steps: int | None,
+             discriminator: str, train: Path | None, output: Path, seed: int, max_images: int,
              threshold: float, force: bool, as_json: bool) -> None:
     """Measure synthetic images against real ones: SSIM/MSE (nearest and random pairs), diversity,
     intensity histograms (KL, chi-square, CT tissue fractions), Fréchet distance on fixed features,
-    a classifier test for labelled data and, with --train, memorisation. Every number is printed
-    beside its real-vs-real baseline (two random halves of the real set).
+    radial power spectrum, adjacent-slice coherence, a real-vs-synthetic discriminator, a classifier
+    test for labelled data, a per-condition breakdown and, with --train, memorisation. Every number
+    has a 95 % bootstrap interval and is printed beside its real-vs-real baseline (the real set split
+    into two halves by volume/patient, never by slice). Use real patients the model never saw.
 
     \b
     Examples:
       medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest -o data/xr
       medsynth generate --modality xr-chest --condition pneumonia -o gen/xr
       medsynth evaluate --real data/xr --synthetic gen/xr --train data/xr -o report/
+      medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest --split test -o data/xr-test
+      medsynth evaluate --real data/xr-test --pack src/medsynth/packs/xr-chest --train data/xr -o report/
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -46,7 +60,8 @@ def evaluate(real: Path, synthetic: Path, train: Path | None, output: Path, seed
     from medsynth.evaluation import evaluate as run_evaluation
     from medsynth.evaluation.report import rich_table
 
-    config = EvaluationConfig(seed=seed, max_query=max_images, memorisation_threshold=threshold)
+    config = EvaluationConfig(seed=seed, max_query=max_images, memorisation_threshold=threshold,
+                              discriminator=discriminator)  # type: ignore[arg-type]  # click.Choice
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=as_json) as progress:
@@ -58,7 +73,7 @@ def evaluate(real: Path, synthetic: Path, train: Path | None, output: Path, seed
             progress.update(tasks[stage], completed=done, total=total)
 
         report = run_evaluation(real, synthetic, output, train=train, config=config, force=force,
-                                progress=on_progress)
+                                progress=on_progress, pack=pack, pack_images=pack_images, pack_steps=pack_steps)
     if as_json:
         echo_json(report.data)
         return

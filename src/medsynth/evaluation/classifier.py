@@ -45,8 +45,6 @@ def fit_classifier(
     images: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int, l2: float = 1e-2
 ) -> LogisticClassifier:
     """Fit on images ``[N, H, W]`` with integer labels ``[N]`` in ``0..n_classes-1``."""
-    from scipy.optimize import minimize
-
     y = np.asarray(labels, dtype=np.int64)
     feats = classifier_inputs(images)
     if feats.shape[0] != y.shape[0]:
@@ -54,7 +52,17 @@ def fit_classifier(
     if len(np.unique(y)) < 2:
         raise EvaluationError("the classifier test needs real images of at least two classes")
     mean, scale = standardiser(feats)
-    z = (feats - mean) / scale
+    w, bias = fit_logistic((feats - mean) / scale, y, n_classes, l2)
+    return LogisticClassifier(w, bias, mean, scale)
+
+
+def fit_logistic(
+    z: npt.NDArray[np.float64], y: npt.NDArray[np.int64], n_classes: int, l2: float = 1e-2
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Multinomial logistic regression (L2, L-BFGS) on standardised inputs ``z`` ``[N, D]`` and labels
+    ``[N]`` → weights ``[D, C]`` and bias ``[C]``."""
+    from scipy.optimize import minimize
+
     n, d = z.shape
     onehot = np.zeros((n, n_classes))
     onehot[np.arange(n), y] = 1.0
@@ -73,8 +81,7 @@ def fit_classifier(
 
     res = minimize(loss_grad, np.zeros(d * n_classes + n_classes), jac=True, method="L-BFGS-B",
                    options={"maxiter": 500})
-    w = res.x[: d * n_classes].reshape(d, n_classes)
-    return LogisticClassifier(w, res.x[d * n_classes :], mean, scale)
+    return res.x[: d * n_classes].reshape(d, n_classes), res.x[d * n_classes :]
 
 
 def per_class_accuracy(

@@ -39,6 +39,8 @@ class ImageSet:
     ``labels[i]`` indexes ``class_names``, or is -1 when the image's class is unknown.
     ``physical_range`` and ``unit`` describe the model space (low → -1, high → +1).
     ``skipped`` lists "file: reason" for inputs that could not be used.
+    ``volumes`` ``[N]`` is the volume (real) or series (generated) index of each image and
+    ``positions`` ``[N]`` its place along that volume; None when unknown (each image its own volume).
     """
 
     path: Path
@@ -50,9 +52,21 @@ class ImageSet:
     unit: str
     preset: str | None
     skipped: tuple[str, ...] = field(default=())
+    volumes: npt.NDArray[np.int64] | None = None
+    positions: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def groups(self) -> npt.NDArray[np.int64]:
+        """Volume/series index ``[N]`` (one per image when unknown): splits and resampling keep groups whole."""
+        return np.arange(len(self), dtype=np.int64) if self.volumes is None else np.asarray(self.volumes, np.int64)
+
+    @property
+    def order(self) -> npt.NDArray[np.float32]:
+        """Position ``[N]`` of each image within its group (0 when unknown)."""
+        return np.zeros(len(self), np.float32) if self.positions is None else np.asarray(self.positions, np.float32)
 
     @property
     def matrix(self) -> tuple[int, int]:
@@ -76,6 +90,7 @@ class ImageSet:
             "physical_range": list(self.physical_range),
             "labels": {n: int(np.sum(known == i)) for i, n in enumerate(self.class_names)},
             "unlabelled": int(np.sum(self.labels < 0)),
+            "volumes": int(len(np.unique(self.groups))) if self.volumes is not None else None,
             "skipped": list(self.skipped),
         }
 
@@ -87,7 +102,7 @@ def _to_model(physical: npt.NDArray[np.float64], physical_range: tuple[float, fl
 
 def load_real_dataset(path: str | Path, role: str = "real") -> ImageSet:
     """A prepared dataset as an :class:`ImageSet` in its own model space."""
-    from medsynth.dataset import load_dataset
+    from medsynth.dataset import load_dataset, slice_volumes
 
     p = Path(path)
     try:
@@ -106,6 +121,8 @@ def load_real_dataset(path: str | Path, role: str = "real") -> ImageSet:
         physical_range=m.physical_range,
         unit=m.unit,
         preset=m.preset,
+        volumes=slice_volumes(ds),
+        positions=np.asarray(ds.positions, dtype=np.float32),
     )
 
 
@@ -133,7 +150,7 @@ def conform(other: ImageSet, reference: ImageSet, role: str) -> ImageSet:
                    + [-1], dtype=np.int64)
     labels = lut[np.where(other.labels >= 0, other.labels, len(other.class_names))]
     return ImageSet(other.path, other.kind, images, labels, reference.class_names, reference.physical_range,
-                    reference.unit, other.preset, other.skipped)
+                    reference.unit, other.preset, other.skipped, other.volumes, other.positions)
 
 
 def load_synthetic(path: str | Path, reference: ImageSet) -> ImageSet:
@@ -147,6 +164,8 @@ def load_synthetic(path: str | Path, reference: ImageSet) -> ImageSet:
     manifest = _read_manifest(p / "manifest.json") if p.is_dir() else {}
     images: list[npt.NDArray[np.float32]] = []
     conditions: list[str | None] = []
+    series_keys: list[str] = []  # one per image: the file (NIfTI) or SeriesInstanceUID (DICOM)
+    along: list[float] = []  # position of the image along its series
     skipped: list[str] = []
     kinds: set[str] = set()
     default_condition = _manifest_condition(manifest)
@@ -162,13 +181,17 @@ def load_synthetic(path: str | Path, reference: ImageSet) -> ImageSet:
             kinds.add("nifti")
             images.extend(arrs)
             conditions.extend([default_condition] * len(arrs))
+            series_keys.extend([str(f)] * len(arrs))
+            along.extend(float(k) for k in range(len(arrs)))
             continue
         got = _read_dicom(f, reference, skipped, rescale)
         if got is not None:
             kinds.add("dicom")
-            arrs, cond = got
+            arrs, cond, key, z = got
             images.extend(arrs)
             conditions.extend([cond or default_condition] * len(arrs))
+            series_keys.extend([key] * len(arrs))
+            along.extend(z + k for k in range(len(arrs)))
     if not images:
         detail = f" ({'; '.join(skipped[:3])})" if skipped else ""
         raise EvaluationError(f"no usable synthetic images found (expected a prepared dataset, DICOM or NIfTI){detail}", p)
@@ -186,8 +209,10 @@ def load_synthetic(path: str | Path, reference: ImageSet) -> ImageSet:
     )
     kind: SetKind = "dicom" if "dicom" in kinds else "nifti"
     preset = manifest.get("preset") if isinstance(manifest.get("preset"), str) else None
+    keys = {k: i for i, k in enumerate(dict.fromkeys(series_keys))}
     return ImageSet(p, kind, _to_model(phys, reference.physical_range), labels, reference.class_names,
-                    reference.physical_range, reference.unit, preset, tuple(skipped))
+                    reference.physical_range, reference.unit, preset, tuple(skipped),
+                    np.array([keys[k] for k in series_keys], dtype=np.int64), np.array(along, dtype=np.float32))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -212,8 +237,9 @@ _UNIT_MODALITIES = {"HU": ("CT",), "US": ("MR", "DX", "CR", "DR", "XA", "RF", "M
 
 def _read_dicom(
     f: Path, reference: ImageSet, skipped: list[str], rescale: dict[str, Any] | None
-) -> tuple[list[npt.NDArray[np.float32]], str | None] | None:
-    """Physical-unit frames ``[H, W]`` of one DICOM file and its condition, or None (and a note) if unusable."""
+) -> tuple[list[npt.NDArray[np.float32]], str | None, str, float] | None:
+    """Physical-unit frames ``[H, W]`` of one DICOM file, its condition, series key (SeriesInstanceUID) and
+    position along the series (ImagePositionPatient z, else InstanceNumber), or None (and a note) if unusable."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_rescale
@@ -245,7 +271,12 @@ def _read_dicom(
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             raise EvaluationError("manifest.json: malformed 'intensity_rescaled' record", f.parent) from None
     frames = [phys] if phys.ndim == 2 else list(phys.reshape(-1, *phys.shape[-2:]))
-    return [np.asarray(fr, dtype=np.float32) for fr in frames], _private_condition(ds)
+    try:
+        z = float(ds.ImagePositionPatient[2]) if "ImagePositionPatient" in ds else float(ds.get("InstanceNumber", 0))
+    except (TypeError, ValueError, IndexError):
+        z = 0.0
+    key = str(ds.get("SeriesInstanceUID", f.parent))
+    return [np.asarray(fr, dtype=np.float32) for fr in frames], _private_condition(ds), key, z
 
 
 def _private_condition(ds: Any) -> str | None:

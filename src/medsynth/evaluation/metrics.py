@@ -105,7 +105,9 @@ def ssim_pairs(a: npt.ArrayLike, b: npt.ArrayLike, cfg: SSIMConfig = SSIMConfig(
         raise EvaluationError(f"paired image sets differ in shape: {x.shape} vs {y.shape}")
     g = gaussian_window(cfg.window, cfg.sigma).ravel().astype(np.float32)
     out = np.empty(x.shape[0], dtype=np.float64)
-    step = 256
+    h, w = x.shape[1:]
+    # patches of a chunk take step·P·K floats: keep them near 64 MB whatever the matrix (512² CT)
+    step = int(np.clip(2**24 // max(1, (h - cfg.window + 1) * (w - cfg.window + 1) * cfg.window**2), 1, 256))
     for s in range(0, x.shape[0], step):
         px, py = _patches(x[s : s + step], cfg.window), _patches(y[s : s + step], cfg.window)
         mx, vx = _local_moments(px, g)

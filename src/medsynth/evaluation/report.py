@@ -35,6 +35,9 @@ _ROWS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("intensity", "mean"), "mean intensity", ".1f"),
     (("tissue_fractions", "total_variation"), "tissue fractions, total variation ↓", ".3f"),
     (("frechet",), "Fréchet distance (fixed features) ↓", ".2f"),
+    (("power_spectrum",), "radial power spectrum distance, dB ↓", ".2f"),
+    (("adjacent_slices",), "adjacent-slice SSIM (series coherence)", ".3f"),
+    (("discriminator",), "real-vs-synthetic discriminator accuracy (0.5 = indistinguishable) ↓", ".3f"),
     (("classifier", "accuracy"), "classifier accuracy (trained on real B)", ".3f"),
     (("memorisation", "fraction_above"), "memorisation: fraction ≥ threshold ↓", ".3f"),
     (("memorisation", "fraction_copies"), "memorisation: fraction ≥ copy threshold ↓", ".3f"),
@@ -62,8 +65,17 @@ def summary_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
             memo = data["metrics"]["memorisation"]
             label = label.replace("copy threshold", f"{memo['copy_threshold']:g}").replace(
                 "threshold", f"{memo['threshold']:g}")
-        rows.append((label, format(node["synthetic"], fmt), format(node["baseline"], fmt)))
+        rows.append((label, _with_ci(node.get("synthetic"), node.get("ci"), fmt),
+                     _with_ci(node.get("baseline"), node.get("baseline_ci"), fmt)))
     return rows
+
+
+def _with_ci(value: float | None, ci: list[float] | None, fmt: str) -> str:
+    """``0.123 [0.100, 0.150]`` (the 95 % bootstrap interval when there is one), ``–`` for no value."""
+    if value is None:
+        return "–"
+    text = format(value, fmt)
+    return f"{text} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else text
 
 
 def rich_table(data: dict[str, Any]) -> Table:
