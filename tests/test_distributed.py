@@ -167,7 +167,7 @@ def test_two_gloo_processes_equal_one_and_resume_in_one(xr: Path, tmp_path: Path
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "medsynth.cli.main", "train", str(xr), "-o", str(run), "--config", str(cfg),
            "--micro-batch", "2", "--quiet", "--json"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

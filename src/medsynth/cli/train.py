@@ -19,7 +19,7 @@ Examples:
   medsynth train data/ct -o runs/ct --max-minutes 60
   medsynth train data/ct -o runs/ct --config train.toml --steps 5000 --json
   medsynth train data/ct -o runs/ct --resume --steps 8000   # continue a run exactly
-  torchrun --standalone --nproc_per_node 4 --no-python medsynth train data/ct -o runs/ct --batch-size 64
+  torchrun --standalone --nproc-per-node 4 --no-python medsynth train data/ct -o runs/ct --batch-size 64
 """,
 )
 @click.argument("dataset", type=click.Path(path_type=Path))

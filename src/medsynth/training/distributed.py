@@ -39,6 +39,7 @@ runs stay bitwise what they were.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,14 +101,20 @@ class DistContext:
 
         Keep a reference to ``model`` itself for checkpoints and EMA: its parameter names carry no
         ``module.`` prefix, so a checkpoint does not depend on the number of processes.
-        Buffers are not broadcast (the UNets have none that change in training).
+        Buffers are synchronised once, not in every forward pass (the UNets have none that change in
+        training).
         """
         if not self.is_distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # No buffer broadcast in forward: it is a collective, and processes with uneven shards run
+        # different numbers of micro-batch passes. (torch ≥ 2.13 renamed the switch.)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_buffer_sync: dict[str, Any] = {"forward_sync_buffers": False} if "forward_sync_buffers" in params \
+            else {"broadcast_buffers": False}
+        return DistributedDataParallel(model, device_ids=ids, **no_buffer_sync)
 
     def accumulate(self, wrapped: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
         """Context for one micro-batch's forward and backward: gradients are all-reduced only on
