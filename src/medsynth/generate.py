@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from medsynth import __version__
 from medsynth.dicom_io.geometry import VolumeGeometry
 from medsynth.dicom_io.iod import table_centre
 from medsynth.errors import ConfigError, ModelPackError, OutputError
-from medsynth.outputs import require_usable_output
+from medsynth.outputs import RunJournal, atomic_write, remove_previous_run, require_usable_output
 from medsynth.pack import ModelPack, bundled_packs_dir, load_pack
 from medsynth.presets import IntensityMapping, Preset, Window, get_preset
 from medsynth.sampling.runtime import DeviceName
@@ -209,26 +208,10 @@ def _window_8bit(physical: npt.NDArray[np.floating], window: Window) -> npt.NDAr
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(tmp)`` to a temporary name beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{path.name}")  # keeps the suffix(es) that choose the file format
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"cannot write: {err.strerror}", path) from None
-    except RuntimeError as err:  # SimpleITK reports write failures as RuntimeError
-        raise OutputError(f"cannot write: {str(err).strip().splitlines()[-1]}", path) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_png(path: Path, img: npt.NDArray[np.uint8]) -> None:
     from PIL import Image
 
-    _atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
 def _contact_sheet(tiles: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
@@ -245,8 +228,10 @@ def _contact_sheet(tiles: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
 
 
 def _prepare_plain_output(out_dir: Path, force: bool) -> None:
-    """For NIfTI/PNG: create ``out_dir`` or require it empty (``force``: same-named files are replaced)."""
-    require_usable_output(out_dir, force, "write into it")
+    """For NIfTI/PNG: create ``out_dir`` or require it empty (``force``: every file of a previous
+    medsynth run is removed first, listed or not, stale preview.png included)."""
+    if require_usable_output(out_dir, force, "write into it"):
+        remove_previous_run(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -263,6 +248,15 @@ class _PlainSink:
         self._geometry: VolumeGeometry | None = None
         self._slices: dict[int, npt.NDArray[np.float64]] = {}
         self._n = 0
+        # manifest.json ("complete": false) + a journal of complete files from the first file on
+        self._journal: RunJournal | None = None
+
+    def _landed(self, record: dict[str, Any]) -> None:
+        if self._journal is None:
+            self._journal = RunJournal(self.out_dir, {"format_version": 1, "software": f"medsynth {__version__}",
+                                                      "format": self.fmt, "preset": self.preset.name})
+        self.files.append(record)
+        self._journal.add(record)
 
     @staticmethod
     def _rel(key: tuple[int, int, int]) -> str:
@@ -277,7 +271,7 @@ class _PlainSink:
         if self.fmt == "png":
             rel = f"{self._rel(self._key)}/IM{index:06d}.png"
             _save_png(self.out_dir / rel, _window_8bit(physical, self.window))
-            self.files.append({"path": rel, "series": self._rel(self._key), "index": index})
+            self._landed({"path": rel, "series": self._rel(self._key), "index": index})
         else:
             self._slices[index] = physical
 
@@ -295,16 +289,19 @@ class _PlainSink:
         assert self._geometry is not None
         self._geometry.apply_to(img)
         rel = f"{self._rel(self._key)}.nii.gz"
-        _atomic_write(self.out_dir / rel, lambda tmp: sitk.WriteImage(img, str(tmp), True))
-        self.files.append({"path": rel, "series": self._rel(self._key), "slices": int(arr.shape[0]),
-                           "spacing_mm": list(self._geometry.spacing), "origin_mm": list(self._geometry.origin)})
+        atomic_write(self.out_dir / rel, lambda tmp: sitk.WriteImage(img, str(tmp), True))
+        self._landed({"path": rel, "series": self._rel(self._key), "slices": int(arr.shape[0]),
+                      "spacing_mm": list(self._geometry.spacing), "origin_mm": list(self._geometry.origin)})
         self._slices = {}
 
     def finish(self, head: dict[str, Any]) -> dict[str, Any]:
         self.flush()
         manifest = {**head, "complete": True, "files": self.files}
-        text = json.dumps(manifest, indent=2) + "\n"
-        _atomic_write(self.out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        if self._journal is not None:
+            self._journal.finish(manifest)
+        else:
+            text = json.dumps(manifest, indent=2) + "\n"
+            atomic_write(self.out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         return manifest
 
 

@@ -46,8 +46,6 @@ attribute, and the result is checked with ``dciodvfy`` in the tests.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,7 +91,14 @@ from medsynth.dicom_io.provenance import (
 )
 from medsynth.dicom_io.uids import IMPLEMENTATION_CLASS_UID, UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
-from medsynth.outputs import require_usable_output
+from medsynth.outputs import (
+    RunJournal,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_previous_run,
+    require_usable_output,
+)
 from medsynth.presets import Modality, Preset, Window
 
 __all__ = [
@@ -316,43 +321,15 @@ def _tm(t: dt.time) -> str:
 
 
 def _prepare_output(out_dir: Path, force: bool) -> None:
-    """Create ``out_dir`` or check it is empty; with ``force`` remove a previous run's files.
-
-    Only files listed in a previous medsynth manifest (plus its DICOMDIR and manifest) are
-    removed, and only when they resolve inside ``out_dir``; nothing else is touched.
-    """
+    """Create ``out_dir`` or check it is empty; with ``force`` remove every file of a previous
+    medsynth run (listed in its manifest/journal or not, see :func:`medsynth.outputs.remove_previous_run`);
+    nothing else is touched."""
     if require_usable_output(out_dir, force, "write into it"):
-        _remove_previous_run(out_dir)
+        remove_previous_run(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create output folder: {err.strerror}", out_dir) from None
-
-
-def _remove_previous_run(out_dir: Path) -> None:
-    manifest = out_dir / MANIFEST_NAME
-    if not manifest.is_file():
-        return
-    try:
-        old = json.loads(manifest.read_text(encoding="utf-8"))
-        paths = [f["path"] for f in old.get("files", [])] + ["DICOMDIR", MANIFEST_NAME]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    root = out_dir.resolve()
-    for rel in paths:
-        target = (out_dir / rel).resolve()
-        if root in target.parents and target.is_file():
-            target.unlink()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +372,7 @@ class SyntheticStudyWriter:
         #: extra JSON-ready entries the caller wants in the manifest (e.g. an intensity rescale)
         self.manifest_extra: dict[str, Any] = {}
         _prepare_output(self.out_dir, force)
+        self._journal: RunJournal | None = None  # started with the first series (manifest_extra is set by then)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> SyntheticStudyWriter:
@@ -457,6 +435,8 @@ class SyntheticStudyWriter:
             template=Dataset(), description=desc,
         )
         series.template = self._series_template(series, pat, stu, study_uid, windows or self.preset.windows)
+        if self._journal is None:
+            self._journal = RunJournal(self.out_dir, self._manifest_head(complete=False))
         series.dir.mkdir(parents=True, exist_ok=True)
         self._series.append(series)
         self._current = series
@@ -502,15 +482,7 @@ class SyntheticStudyWriter:
 
         name = f"IM{series.files:06d}" + (".dcm" if self.options.dcm_names else "")
         final = series.dir / name
-        tmp = series.dir / f".{name}.partial"
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, final)
-        except OSError as err:
-            raise OutputError(f"cannot write: {err.strerror}", final) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(final, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
         series.written.add(index)
         series.files += 1
         record = FileRecord(
@@ -523,6 +495,8 @@ class SyntheticStudyWriter:
             instance_number=index + 1,
         )
         self._files.append(record)
+        if self._journal is not None:
+            self._journal.add(asdict(record))
         return record
 
     def finish(self) -> dict[str, Any]:
@@ -702,10 +676,25 @@ class SyntheticStudyWriter:
             stub.InstanceNumber = rec.instance_number
             entries.append(DirEntry(stub, tuple(rec.path.split("/"))))
         data = build_dicomdir(entries, "MEDSYNTH", self._uids.uid("fileset"))
-        _atomic_write_bytes(self.out_dir / "DICOMDIR", data)
+        atomic_write_bytes(self.out_dir / "DICOMDIR", data)
 
     def _write_manifest(self, complete: bool, error: str | None = None) -> dict[str, Any]:
         self._finished = True
+        manifest = self._manifest_head(complete)
+        manifest["series"] = [s.summary() for s in self._series]
+        manifest["files"] = [asdict(f) for f in self._files]
+        if error:
+            manifest["error"] = error
+        manifest.update(self.manifest_extra)
+        if self._journal is not None:
+            self._journal.finish(manifest)
+        else:
+            atomic_write_json(self.out_dir / MANIFEST_NAME, manifest)
+        self._manifest = manifest
+        return manifest
+
+    def _manifest_head(self, complete: bool) -> dict[str, Any]:
+        """Everything in ``manifest.json`` but the series and files lists."""
         manifest: dict[str, Any] = {
             "format_version": MANIFEST_FORMAT_VERSION,
             "software": f"medsynth {__version__}",
@@ -721,17 +710,11 @@ class SyntheticStudyWriter:
             "dicomdir": "DICOMDIR" if complete and self._files and not self.options.dcm_names else None,
             "patients": len(self._patients),
             "studies": len(self._studies),
-            "series": [s.summary() for s in self._series],
-            "files": [asdict(f) for f in self._files],
         }
         if self.options.seed is None:
             manifest["created"] = self._now.isoformat()
-        if error:
-            manifest["error"] = error
-        manifest.update(self.manifest_extra)
-        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-        _atomic_write_bytes(self.out_dir / MANIFEST_NAME, text.encode("utf-8"))
-        self._manifest = manifest
+        if not complete:
+            manifest.update(self.manifest_extra)
         return manifest
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from medsynth.errors import InputError
+from medsynth.outputs import JOURNAL_NAME, read_run_manifest
 from medsynth.push.model import STATE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
 # Files that are never instances to store: the media directory, our own bookkeeping.
-_SKIP_NAMES = {"DICOMDIR", STATE_FILENAME, MANIFEST_NAME}
+_SKIP_NAMES = {"DICOMDIR", STATE_FILENAME, MANIFEST_NAME, JOURNAL_NAME}
 # Keys under which a manifest may list its files, and the path key of each entry.
 _LIST_KEYS = ("files", "instances", "items")
 _PATH_KEYS = ("path", "file", "filename", "relative_path")
@@ -47,10 +48,12 @@ def _manifest_paths(folder: Path) -> list[Path] | None:
     mpath = folder / MANIFEST_NAME
     if not mpath.is_file():
         return None
-    try:
-        data: Any = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data: Any = read_run_manifest(folder)  # an interrupted run's journal is merged in
+    if data is None:
+        try:
+            data = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
     entries: Any = None
     if isinstance(data, dict):
         for key in _LIST_KEYS:
