@@ -128,6 +128,34 @@ def test_resume_is_bitwise_exact(dataset: Path, tmp_path: Path) -> None:
     assert (tmp_path / "b" / "samples" / "step_000004.png").is_file()
 
 
+def test_ctrl_c_stops_after_a_complete_step(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import medsynth.training.trainer as trainer
+
+    ov = {**TINY, "optim.steps": 4}
+    train(dataset, tmp_path / "a", overrides=ov, progress=False)
+    # Ctrl-C lands after the optimizer update of the second step, before the step is counted
+    ema_update, calls = trainer._ema_update, []
+
+    def ema_then_ctrl_c(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        ema_update(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer, "_ema_update", ema_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, tmp_path / "b", overrides=ov, progress=False)
+    # the request is shared at the next step's all-reduce: that step completes, then the run stops
+    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 3
+    monkeypatch.setattr(trainer, "_ema_update", ema_update)
+    train(dataset, tmp_path / "b", overrides={"optim.steps": 4}, resume=True, progress=False)
+    a, b = _tensors(tmp_path / "a"), _tensors(tmp_path / "b")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # the interrupted run resumes exactly
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C behaves as before again
+
+
 def test_cli_train_json_and_outputs(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = tmp_path / "t.toml"

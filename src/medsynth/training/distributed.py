@@ -29,7 +29,9 @@ Rules that keep N processes equal to one (up to float rounding, the test's toler
   ``backward``; DDP's gradient average then equals the gradient of the global batch's mean loss,
   for any number of processes, uneven shards and any micro-batch size (gradient accumulation);
 - only the main process (rank 0) writes checkpoints, logs, preview images and shows progress;
-  decisions that must agree (stop on a time budget, a non-finite loss) go through a collective.
+  decisions that must agree (stop on a time budget, on Ctrl-C, a non-finite loss) go through a
+  collective: :class:`DeferredInterrupt` turns Ctrl-C into a request that the step's all-reduce
+  shares, so every process stops after the same complete step and rank 0 saves it.
 
 gloo is used on the CPU, nccl on CUDA (gloo when this torch build has no nccl). Without torchrun
 (or with ``WORLD_SIZE=1``) nothing is initialised and every helper is a no-op, so single-process
@@ -41,6 +43,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -275,3 +279,44 @@ def micro_batches(n: int, size: int) -> list[slice]:
     if size <= 0 or size >= n:
         return [slice(0, n)]
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class DeferredInterrupt:
+    """While active, Ctrl-C (SIGINT) sets :attr:`requested` instead of raising.
+
+    With ``escalate`` a second Ctrl-C raises KeyboardInterrupt at once (one process: the way out of
+    a slow step). Use ``escalate=not ctx.is_distributed``: under torchrun a Ctrl-C in the terminal
+    reaches every worker twice (from the terminal and forwarded by torchrun), and torchrun kills
+    workers that have not finished after its grace period anyway.
+
+    A training loop checks the flag at the end of a step (through its per-step collective, so all
+    processes agree), saves a checkpoint of that complete step and then raises KeyboardInterrupt
+    itself. Without it, an interrupt between ``optimizer.step()`` and the step counter saves an
+    inconsistent checkpoint, and under torchrun the processes stop in different places (one waits
+    in an all-reduce for the others). Only the main thread can handle signals; elsewhere this is
+    a no-op. SIGINT exists on Windows too (Ctrl-C in a console).
+    """
+
+    def __init__(self, escalate: bool = True) -> None:
+        self.requested = False
+        self.escalate = escalate
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and self.escalate:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False

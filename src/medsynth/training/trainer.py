@@ -66,7 +66,7 @@ from medsynth.training.config import (
     load_config_file,
     save_config,
 )
-from medsynth.training.distributed import DistContext, distributed, micro_batches
+from medsynth.training.distributed import DeferredInterrupt, DistContext, distributed, micro_batches
 from medsynth.training.model import Denoiser, build_denoiser, ddim_sample, ddpm_scheduler
 
 StopReason = Literal["completed", "time_budget", "interrupted", "already_done"]
@@ -562,7 +562,9 @@ def _train(
 
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TimeRemainingColumn())
+    consistent = True  # False between the optimizer update and the step counter
     with contextlib.ExitStack() as stack:
+        interrupt = stack.enter_context(DeferredInterrupt(escalate=not ctx.is_distributed))
         bar = stack.enter_context(Progress(*columns, console=out, disable=not (progress and ctx.is_main)))
         log = stack.enter_context(open(log_path, "a", encoding="utf-8")) if ctx.is_main else None
         task = bar.add_task("train", total=steps_target, completed=start_step, loss="-", speed="-")
@@ -586,12 +588,15 @@ def _train(
                         else:
                             scaled.backward()
                     local_loss += scaled.detach().float().cpu() / ctx.world_size
-                # one collective per step: the global mean loss, and whether any process is over budget
+                # one collective per step: the global mean loss, and whether any process is over its
+                # time budget or was interrupted (then all stop after this step)
                 over = 1.0 if time.monotonic() - t_start >= budget_s else 0.0
-                total = ctx.all_reduce_sum(torch.stack([local_loss, torch.tensor(over)]))
-                step_loss, over_budget = float(total[0]), bool(total[1] > 0)
+                flags = torch.tensor([over, 1.0 if interrupt.requested else 0.0])
+                total = ctx.all_reduce_sum(torch.cat([local_loss.reshape(1), flags]))
+                step_loss, over_budget, interrupted = float(total[0]), bool(total[1] > 0), bool(total[2] > 0)
                 if not math.isfinite(step_loss):
                     raise ConfigError(f"loss became {step_loss} at step {step}; lower optim.lr or use fp32")
+                consistent = False
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if o.grad_clip > 0:
@@ -603,6 +608,7 @@ def _train(
                     optimizer.step()
                 _ema_update(ema, model, min(o.ema_decay, (1 + step) / (10 + step)))
                 step += 1
+                consistent = True
                 loss_acc += step_loss
                 loss_n += 1
                 imgs_window += o.batch_size
@@ -624,13 +630,20 @@ def _train(
                                                   labels, device, grid_rows))
                 if o.checkpoint_every and step % o.checkpoint_every == 0 and step < steps_target:
                     checkpoint()
+                if interrupted:
+                    stopped = "interrupted"
+                    break
                 if over_budget and step < steps_target:
                     stopped = "time_budget"
                     break
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            checkpoint()
+        except KeyboardInterrupt:  # a second Ctrl-C (one process): save what is consistent, stop now
+            if consistent:
+                checkpoint()
             raise
+    if stopped == "interrupted":
+        checkpoint()  # after a complete step, identical on every process
+        ctx.barrier()
+        raise KeyboardInterrupt
     if loss_n:
         last_loss = loss_acc / loss_n
     loop_s = time.monotonic() - t_loop
