@@ -95,7 +95,8 @@ def test_cli_dicom_folders_json_summary(shared_data: Path, tmp_path: Path) -> No
     rep = json.loads(text)
     assert rep["files_read"] == 48 and rep["series_found"] == 2 and rep["skipped"] == []
     assert rep["slices_kept"] == len(load_dataset(out))
-    gantry = next(s for s in rep["sources"] if s["name"] == "head_gantry_tilt_dicom")
+    assert [s["name"] for s in rep["sources"]] == ["source-0001", "source-0002"]  # inputs in order
+    gantry = rep["sources"][1]
     assert any("gantry tilt" in n for n in gantry["notes"])
 
 
@@ -168,7 +169,8 @@ def test_mismatched_modality_is_skipped_and_the_rest_continues(shared_data: Path
     reasons = {Path(s.path).name: s.reason for s in rep.skipped}
     assert "do not look like CT Hounsfield units" in reasons["brain_stroke_t1.nii.gz"]
     assert any("modality MR does not match" in r for r in reasons.values())
-    assert [s.name for s in rep.sources] == ["abdomen_pelvis_totalseg.nii.gz"]
+    assert [s.display for s in rep.sources] == ["abdomen_pelvis_totalseg.nii.gz"]
+    assert [s.name for s in rep.sources] == ["source-0001"]
 
 
 def test_nothing_usable_exits_non_zero_without_output(tmp_path: Path) -> None:
@@ -236,3 +238,34 @@ def test_implausible_spacing_is_refused_before_allocating_and_the_rest_continues
     assert Path(skipped.path).name == "huge_pixels.nii.gz"
     assert f"limit of {MAX_RESAMPLED_VOXELS} voxels" in skipped.reason and "\n" not in skipped.reason
     assert len(rep.sources) == 1 and rep.slices_kept > 0
+
+
+def test_names_in_input_paths_never_reach_manifest_or_json(shared_data: Path, tmp_path: Path) -> None:
+    """File and folder names often hold patient names: the manifest and --json carry a neutral index
+    and the sha256 only."""
+    folder = tmp_path / "DOE_JANE_19610203"
+    folder.mkdir()
+    src = folder / "SMITHJOHN_MRN4471_ct.nii.gz"
+    shutil.copy(shared_data / "ct/abdomen_pelvis_totalseg.nii.gz", src)
+    dicom = tmp_path / "ROE_RICHARD_dicom"
+    shutil.copytree(shared_data / "ct/upper_abdomen_dicom", dicom)
+    out = tmp_path / "ds"
+    code, text = _run(["prepare", str(src), str(dicom), "-m", "ct-abdomen", "-o", str(out), "--json"])
+    assert code == 0, text
+    report = json.loads(text)
+    assert [s["name"] for s in report["sources"]] == ["source-0001", "source-0002"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["sha256"] for s in manifest["sources"]][0] == hashlib.sha256(src.read_bytes()).hexdigest()
+    for needle in ("DOE", "JANE", "SMITH", "MRN4471", "ROE_RICHARD", "19610203"):
+        assert needle.lower() not in text.lower(), needle
+        for p in out.rglob("*"):
+            if p.is_file() and p.suffix in (".json", ".png"):
+                assert needle.lower().encode() not in p.read_bytes().lower(), (needle, p.name)
+    rep = prepare_dataset([src], tmp_path / "ds2", PrepareConfig(preset="ct-abdomen"))
+    assert rep.sources[0].display == src.name  # the terminal table still tells the user which file
+    assert "display" not in json.dumps(rep.to_json())
+
+
+def test_help_percent_signs_are_single() -> None:
+    code, text = _run(["prepare", "--help"])
+    assert code == 0 and "30%" in text and "%%" not in text

@@ -155,7 +155,12 @@ class PreparedSlices:
 
 @dataclass
 class SourceSummary:
-    """What one input contributed."""
+    """What one input contributed.
+
+    ``name`` is a neutral index (``source-0001``), which is all the manifest and ``--json`` carry:
+    file and folder names often hold patient names. ``display`` is the input's own file or folder
+    name, for the terminal table only (never serialised).
+    """
 
     name: str
     label: str
@@ -163,6 +168,7 @@ class SourceSummary:
     series: int
     slices: int
     notes: list[str] = field(default_factory=list)
+    display: str = ""
 
 
 @dataclass
@@ -190,7 +196,7 @@ class PrepareReport:
             "series_found": self.series_found,
             "slices_kept": self.slices_kept,
             "per_label": dict(self.per_label),
-            "sources": [s.__dict__ for s in self.sources],
+            "sources": [{k: v for k, v in s.__dict__.items() if k != "display"} for s in self.sources],
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
         }
 
@@ -584,6 +590,8 @@ def prepare_dataset(
             labels: npt.NDArray[np.int64], positions: npt.NDArray[np.float32],
             volumes: npt.NDArray[np.int64]) -> None:
         src_index = len(records)
+        # a neutral index, never the file or folder name (names often hold patient names)
+        summary.display, summary.name = summary.name, f"source-{src_index + 1:04d}"
         records.append(SourceRecord(name=summary.name, sha256=_sha256_files(record_files), slices=int(len(slices)),
                                     label=summary.label, series=summary.series))
         report.sources.append(summary)

@@ -24,7 +24,7 @@ _PRESETS = ["ct-pelvis", "ct-abdomen", "ct-chest", "mr-brain", "mr-cardiac", "xr
               help="Label = the nearest parent folder named after one of the preset's conditions.")
 @click.option("--z-range", default=None,
               help="CT/MR slab to keep: fractions LOW:HIGH (0 = inferior, 1 = superior) or LPS z in mm "
-                   "(-300:-120mm). Default: slices whose body cross-section is >= 30%% (CT) / 20%% (MR) "
+                   "(-300:-120mm). Default: slices whose body cross-section is >= 30% (CT) / 20% (MR) "
                    "of the largest.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
               help="Split read from MedMNIST .npz files.")
@@ -85,7 +85,7 @@ def prepare(inputs: tuple[Path, ...], preset: str, output: Path, label: str | No
     table.add_column("slices", justify="right")
     table.add_column("notes")
     for s in report.sources:
-        table.add_row(s.name, f"{s.label} ({s.label_origin})", str(s.slices), "; ".join(s.notes))
+        table.add_row(f"{s.name}: {s.display}", f"{s.label} ({s.label_origin})", str(s.slices), "; ".join(s.notes))
     for sk in report.skipped:
         table.add_row(str(sk.path), "[red]skipped[/red]", "0", sk.reason)
     out.print(table)
