@@ -71,10 +71,20 @@ def prepare(inputs: tuple[Path, ...], preset: str, output: Path, label: str | No
         matrix=(matrix, matrix) if matrix is not None else None, pixel_spacing_mm=pixel_spacing)
     err = Console(stderr=True)
     total = len(discover_files(inputs)[0])
-    with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=as_json) as progress:
-        task = progress.add_task("files", total=total)
-        report = prepare_dataset(inputs, output, config, on_file=lambda _p: progress.advance(task))
+    # the bar starts with the first file read: option and output errors come without an empty bar
+    progress = Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=as_json)
+    task = progress.add_task("files", total=total)
+
+    def on_file(_path: Path) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.advance(task)
+
+    try:
+        report = prepare_dataset(inputs, output, config, on_file=on_file)
+    finally:
+        progress.stop()
     if as_json:
         echo_json(report.to_json())
         return

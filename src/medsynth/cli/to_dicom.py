@@ -99,13 +99,21 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
     options = WriterOptions(patients=patients, studies_per_patient=studies, series_per_study=series,
                             identity=identity, uid_root=uid_root, seed=seed, dcm_names=dcm_names)
     columns = (TextColumn("writing DICOM"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
-        task = progress.add_task("write", total=None)
+    # the bar appears only once the input is read: an error is never printed after an empty "0/?" bar
+    progress = Progress(*columns, transient=True, console=Console(stderr=True))
+    task = progress.add_task("write", total=None)
+
+    def start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start()
+
+    try:
         manifest: dict[str, Any] = convert_file(
             input_path, modality, out_dir, options, force=force, spacing_mm=_parse_spacing(spacing),
-            on_start=lambda n: progress.update(task, total=n),
-            on_slice=lambda n: progress.update(task, completed=n), synthetic=synthetic,
+            on_start=start, on_slice=lambda n: progress.update(task, completed=n), synthetic=synthetic,
         )
+    finally:
+        progress.stop()
     summary = {
         "output": out_dir,
         "preset": manifest["preset"],

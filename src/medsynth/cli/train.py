@@ -8,8 +8,11 @@ from typing import Any
 import click
 
 from medsynth.cli._common import echo_json, handle_errors
+from medsynth.errors import ConfigError
 
 _CHOICE = click.Choice
+#: packages of the [train] extra whose absence gets a one-line install hint instead of a traceback
+_TRAIN_DEPENDENCIES = {"torch", "monai", "safetensors", "torchvision"}
 
 
 @click.command(
@@ -67,7 +70,14 @@ def train(dataset: Path, run_dir: Path, config_file: Path | None, resume: bool, 
     Under torchrun each process trains on its slice of every batch (DDP; gloo on CPU, nccl on
     CUDA), rank 0 writes RUN; a run resumes with any number of processes.
     """
-    from medsynth.training.trainer import train as run_training
+    try:
+        from medsynth.training.trainer import train as run_training
+    except ModuleNotFoundError as err:  # the torch-free install (`pip install '.[cpu]'`) has no trainer
+        missing = (err.name or "").split(".")[0]
+        if missing not in _TRAIN_DEPENDENCIES:
+            raise
+        raise ConfigError(f"medsynth train needs PyTorch and MONAI ({missing} is not installed): "
+                          "pip install torch==2.13.0 && pip install 'medsynth[train]'") from None
 
     keys = {
         "steps": "optim.steps", "batch_size": "optim.batch_size", "micro_batch": "optim.micro_batch", "lr": "optim.lr",

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from medsynth.errors import ConfigError, OutputError, PushError
+from medsynth.errors import ConfigError, PushError
 from medsynth.push.model import (
     DimseTarget,
     InstanceStatus,
@@ -213,15 +212,23 @@ def print_report(report: PushReport, *, stderr: bool = False) -> None:
     rate = d["instances_per_s"]
     summary.caption = f"{report.duration_s:.1f} s" + (f", {rate:g} instances/s" if rate else "")
     console.print(summary)
+    if c["already_present"]:
+        console.print(
+            f"[yellow]hint:[/] {c['already_present']} instances were not sent again because this destination "
+            f"acknowledged them in an earlier run (recorded in {report.state_file or 'the state file'}); "
+            "medsynth cannot see whether the PACS still has them. If it lost them, run again with --no-resume.",
+            markup=True, highlight=False)
     for err in report.errors:
         console.print(f"[red]remote:[/] {err}", markup=True, highlight=False)
     failed = [r for r in report.instances if r.status is InstanceStatus.FAILED]
     noted = failed + [r for r in report.instances if r.warning and r.status is InstanceStatus.SENT]
     if noted:
         t = Table(title="failed / warnings", show_lines=False)
-        t.add_column("file")
-        t.add_column("status")
-        t.add_column("reason")
+        # whole names on one line (folded only beyond 64 characters): never cut to their common prefix
+        width = min(max(len(r.path) for r in noted[:_MAX_FAILED_ROWS]), 64)
+        t.add_column("file", overflow="fold", min_width=width)
+        t.add_column("status", no_wrap=True)
+        t.add_column("reason", overflow="fold")
         for r in noted[:_MAX_FAILED_ROWS]:
             t.add_row(r.path, r.status.value, r.reason or r.warning)
         if len(noted) > _MAX_FAILED_ROWS:
@@ -231,15 +238,9 @@ def print_report(report: PushReport, *, stderr: bool = False) -> None:
 
 def write_report(report: PushReport, path: Path) -> None:
     """Write the JSON report atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(report.to_json(), fh, indent=2)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"cannot write the report ({err.strerror})", path) from None
+    from medsynth.outputs import atomic_write_json
+
+    atomic_write_json(Path(path), report.to_json())
 
 
 def run_push(
@@ -274,10 +275,8 @@ def finish_push(
 
     Raises PushError when anything failed.
     """
-    from medsynth.cli._common import echo_json
-
     report = run_push(folder, config, table_to_stderr=json_out, report_path=report_path, progress=progress)
-    if json_out:
-        echo_json(report.to_json())
+    if json_out:  # printed here, not through medsynth.cli: the library never imports the CLI
+        click.echo(json.dumps(report.to_json(), indent=2, default=str))
     check_push(report, report_path)
     return report

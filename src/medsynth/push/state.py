@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from medsynth.errors import InputError, OutputError
+from medsynth.outputs import atomic_write_text
 
 _FORMAT = "medsynth-push-state"
 _VERSION = 1
@@ -52,15 +51,7 @@ class PushState:
         }
         text = json.dumps(payload, indent=1)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        except OSError as err:
-            raise OutputError(f"cannot write the push state file ({err.strerror}); pass --state FILE", self.path) from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except OSError as err:
-            Path(tmp).unlink(missing_ok=True)
-            raise OutputError(f"cannot write the push state file ({err.strerror})", self.path) from None
+            atomic_write_text(self.path, text)
+        except OutputError as err:
+            raise OutputError(f"cannot write the push state file ({err.message}); pass --state FILE",
+                              self.path) from None
