@@ -33,8 +33,8 @@ class AutoencoderConfig:
     latent_channels: int = 4
     num_res_blocks: int = 1
     norm_num_groups: int = 32
-    crop: int = 128
-    batch_size: int = 16
+    crop: int = 96
+    batch_size: int = 8
     lr: float = 4e-4
     kl_weight: float = 1e-6
     steps: int = 3000

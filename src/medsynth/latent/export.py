@@ -27,7 +27,7 @@ import torch
 
 from medsynth import __version__
 from medsynth.errors import ExportError, OutputError
-from medsynth.export.pack_writer import _replace_dir, model_card
+from medsynth.export.pack_writer import _replace_dir
 from medsynth.latent.autoencoder import Decoder, Encoder, load_autoencoder
 from medsynth.latent.config import to_json
 from medsynth.latent.denoiser import load_latent_denoiser
@@ -171,9 +171,90 @@ def export_latent_pack(
             conditioning=conditioning, slice_spacing_mm=float(preset.slice_thickness_mm),
         ).validate()
         save_pack_metadata(tmp, meta)
-        (tmp / "MODEL_CARD.md").write_text(model_card(meta), encoding="utf-8")
+        (tmp / "MODEL_CARD.md").write_text(latent_model_card(meta), encoding="utf-8")
         _replace_dir(tmp, pack_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return LatentExportSummary(pack_dir, files, parity, time.perf_counter() - t0)
+
+
+def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
+    """MODEL_CARD.md of a latent pack from its pack.json; ``quality`` (from benchmarks/eval_latent.py)
+    is rendered when present; ``images`` are PNG names inside the pack to show."""
+    tr = meta.training
+    ae, den = tr.get("autoencoder", {}), tr.get("denoiser", {})
+    aec, dc = ae.get("config", {}), den.get("config", {})
+    z = meta.latent
+    assert z is not None
+    hours = float(tr.get("train_seconds", 0.0)) / 3600
+    lines = [
+        f"# Model card: {meta.model_id}",
+        "",
+        f"A **latent diffusion** model that makes synthetic {meta.modality} series of {meta.matrix[0]}×{meta.matrix[1]} "
+        f"slices at {meta.pixel_spacing_mm[0]} mm pixels and {meta.slice_spacing_mm} mm slice spacing, for "
+        f"{', '.join(f'`{p}`' for p in meta.presets)} (select it with `--model {meta.model_id}`). An autoencoder "
+        f"(MONAI `AutoencoderKL`, {z.downsample}× per side, {z.channels} latent channels) and a latent denoiser "
+        "(MONAI `DiffusionModelUNet`) conditioned on the body region, the slice position and the previous slice's "
+        "latent, so a series is sampled inferior → superior as one body.",
+        "",
+        "## Intended use",
+        "",
+        "Test data for PACS, viewers and pipelines; research on augmentation. Not for diagnosis. Every output is "
+        "marked synthetic (SyntheticData YES, Contributing Equipment 109100).",
+        "",
+        "## Conditioning and sampling",
+        "",
+        f"- Labels: {', '.join(f'`{lbl}`' for lbl in meta.labels)}; null class {meta.null_class} (guidance)",
+        "- Position support per label (a series of that label spans it): "
+        + ", ".join(f"{k} {v['position'][0]:.2f}–{v['position'][1]:.2f}" for k, v in meta.conditioning.items()),
+        f"- Prediction `{meta.prediction_type}`, schedule `{meta.schedule.schedule}` β {meta.schedule.beta_start}–"
+        f"{meta.schedule.beta_end} over {meta.schedule.num_train_timesteps} steps; latent scale factor {z.scale_factor:.4f}",
+        f"- Defaults: `{meta.default_sampler}`, {meta.default_steps} steps, guidance {meta.default_guidance}",
+        f"- Intensities: model space [-1, 1] ↔ {meta.physical_range[0]}…{meta.physical_range[1]} {meta.unit}",
+        "",
+        "## Training data (all real, de-identified, redistributable)",
+        "",
+        "| source | label | slices | licence | sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for s in meta.data_sources:
+        lines.append(f"| {s.get('name')} | {s.get('label')} | {s.get('slices')} | {s.get('licence') or 'see ../shared/data/README.md'} "
+                     f"| `{str(s.get('sha256'))[:16]}…` |")
+    held = tr.get("held_out")
+    if held:
+        lines += ["", f"Held out of all training (evaluation only): {held}."]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- Autoencoder: channels {aec.get('channels')}, {ae.get('steps')} steps of batch {aec.get('batch_size')} "
+        f"{aec.get('crop')}² crops, AdamW lr {aec.get('lr')}, L1 + {aec.get('kl_weight')}·KL, {aec.get('precision')}; "
+        f"{float(ae.get('train_seconds', 0)) / 60:.0f} min",
+        f"- Latent denoiser: channels {dc.get('channels')}, attention {dc.get('attention_levels')}, {den.get('steps')} steps "
+        f"of batch {dc.get('batch_size')}, AdamW lr {dc.get('lr')}, EMA {dc.get('ema_decay')}, label dropout "
+        f"{dc.get('label_dropout')}, previous-slice dropout {dc.get('previous_dropout')}; "
+        f"{float(den.get('train_seconds', 0)) / 60:.0f} min; final loss {den.get('final_loss')}",
+        f"- {hours:.1f} h in all on {tr.get('hardware', 'a 2-core CPU (no GPU was available)')}; torch {tr.get('torch')}, "
+        f"MONAI {tr.get('monai')}; recipe `packaging/packs.toml [{meta.model_id}]`",
+        "",
+        "## Export",
+        "",
+    ]
+    for name in ("model.onnx", "decoder.onnx", "encoder.onnx"):
+        par = meta.parity.get(name, {})
+        lines.append(f"- `{name}` sha256 `{meta.files.get(name, '')}`; ONNX vs PyTorch max abs error "
+                     f"{par.get('max_abs_error', float('nan')):.2e} (tolerance {par.get('tolerance')})")
+    lines += ["", "## Quality (patients held out of training, through `generate`)", ""]
+    q = meta.quality
+    if q:
+        lines += [str(q.get("table", ""))] if q.get("table") else [f"- {k}: {v}" for k, v in q.items()]
+    else:
+        lines.append("Not measured yet: run `benchmarks/eval_latent.py`.")
+    if images:
+        lines += ["", "## What the samples look like", ""]
+        lines += [f"![{name}]({name})" for name in images]
+    lines += ["", "## Limitations", "", str(tr.get("limitations") or
+              "Trained on a handful of scans for a short time on a CPU: look at the samples before relying on them."), ""]
+    return "\n".join(lines)
+
