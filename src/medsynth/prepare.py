@@ -51,7 +51,7 @@ from medsynth.dataset import DatasetManifest, SourceRecord, save_dataset
 from medsynth.dicom_io.geometry import VolumeGeometry
 from medsynth.dicom_io.reader import ImageSeries, InputKind, Skipped, discover_files, input_kind, iter_images
 from medsynth.errors import ConfigError, InputError, MedsynthError, OutputError
-from medsynth.outputs import require_usable_output
+from medsynth.outputs import atomic_write, require_usable_output
 from medsynth.presets import Modality, Preset, get_preset
 
 if TYPE_CHECKING:
@@ -517,9 +517,7 @@ def write_contact_sheet(path: Path, slices: npt.NDArray[np.float32], labels: npt
         x0, y0 = (k % cols) * tile, (k // cols) * tile
         sheet.paste(im.convert("RGB"), (x0, y0))
         draw.text((x0 + 3, y0 + 2), f"{i} {preset.conditions[int(labels[i])]}", fill=(255, 220, 0))
-    tmp = path.with_name(f".{path.name}.partial")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def _check_output(output: Path, force: bool) -> None:

@@ -107,3 +107,21 @@ class VolumeGeometry:
         image.SetOrigin(self.origin)
         image.SetSpacing(self.spacing)
         image.SetDirection(self.direction)
+
+
+def right_handed(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
+    """Flip the slice axis of a left-handed volume so slices step along row × column.
+
+    DICOM readers reconstruct the slice direction as the cross product of the row and column
+    cosines; writing a left-handed volume as-is would make them read it mirrored in z.
+    """
+    m = geometry.matrix
+    if np.dot(np.cross(m[:, 0], m[:, 1]), m[:, 2]) > 0:
+        return volume, geometry
+    n = volume.shape[0]
+    new_origin = geometry.slice_position(n - 1)
+    d = m.copy()
+    d[:, 2] = -d[:, 2]
+    flipped = VolumeGeometry(origin=new_origin, spacing=geometry.spacing,
+                             direction=tuple(float(v) for v in d.reshape(-1)))  # type: ignore[arg-type]
+    return volume[::-1], flipped

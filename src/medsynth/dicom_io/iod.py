@@ -134,7 +134,7 @@ def describe(preset: Preset, condition: str | None, origin: PixelOrigin, series_
     return Descriptions(study=study[:64], series=series[:64], protocol=protocol[:64])
 
 
-def _ds(value: float) -> str:
+def ds_string(value: float) -> str:
     """A DS string (≤ 16 characters) for ``value``."""
     text = f"{value:.10g}"
     if len(text) > 16:
@@ -150,8 +150,8 @@ def is_axial(geometry: VolumeGeometry, tolerance: float = 0.9) -> bool:
 def add_ct_module(ds: Dataset, geometry: VolumeGeometry, rescale_intercept: float, rescale_slope: float) -> None:
     """CT Image module (ImageType value 3 AXIAL only for axial slices)."""
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if is_axial(geometry) else "OTHER"]
-    ds.RescaleIntercept = _ds(rescale_intercept)
-    ds.RescaleSlope = _ds(rescale_slope)
+    ds.RescaleIntercept = ds_string(rescale_intercept)
+    ds.RescaleSlope = ds_string(rescale_slope)
     ds.RescaleType = "HU"
     ds.KVP = ""
 
@@ -175,12 +175,12 @@ def add_mr_module(ds: Dataset, seq: MrSequence | None) -> None:
     ds.ScanOptions = list(seq.scan_options) if len(seq.scan_options) > 1 else (seq.scan_options or ("",))[0]
     ds.MRAcquisitionType = seq.acquisition_type
     ds.SequenceName = seq.sequence_name
-    ds.RepetitionTime = _ds(seq.repetition_time)
-    ds.EchoTime = _ds(seq.echo_time)
+    ds.RepetitionTime = ds_string(seq.repetition_time)
+    ds.EchoTime = ds_string(seq.echo_time)
     if seq.inversion_time is not None:
-        ds.InversionTime = _ds(seq.inversion_time)
+        ds.InversionTime = ds_string(seq.inversion_time)
     ds.EchoTrainLength = seq.echo_train_length
-    ds.FlipAngle = _ds(seq.flip_angle)
+    ds.FlipAngle = ds_string(seq.flip_angle)
     if seq.contrast_agent:
         ds.ContrastBolusAgent = seq.contrast_agent
 
@@ -202,8 +202,8 @@ def add_dx_modules(ds: Dataset, row_spacing: float, col_spacing: float, origin: 
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
     ds.PresentationLUTShape = "IDENTITY"
-    ds.ImagerPixelSpacing = [_ds(row_spacing), _ds(col_spacing)]
-    ds.PixelSpacing = [_ds(row_spacing), _ds(col_spacing)]
+    ds.ImagerPixelSpacing = [ds_string(row_spacing), ds_string(col_spacing)]
+    ds.PixelSpacing = [ds_string(row_spacing), ds_string(col_spacing)]
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = ("synthetic image: nominal spacing of the model" if origin.synthetic
                                              else "nominal spacing of the input image")

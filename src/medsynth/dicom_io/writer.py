@@ -38,6 +38,13 @@ Pixel arrays are float, in physical units: HU for CT (stored through RescaleInte
 scanner units for MR and detector units for DX (stored directly). Slices are ``[rows, cols]``;
 volumes ``[z, y, x]`` as SimpleITK returns them; positions follow :class:`VolumeGeometry` (LPS, mm).
 
+The DICOM IO is split by concept: :mod:`~medsynth.dicom_io.pixel_encoding` (stored values),
+:mod:`~medsynth.dicom_io.iod` (CT/MR/DX modules, anatomy and MR sequences as data),
+:mod:`~medsynth.dicom_io.provenance` (where the pixels came from, synthetic / de-identification
+markers, private block), :mod:`~medsynth.dicom_io.fileset` (layout, file meta, manifest records,
+output folder), :mod:`~medsynth.dicom_io.identity` and :mod:`~medsynth.dicom_io.uids`. This module
+only orchestrates them; its names are re-exported for existing callers.
+
 Why by hand: highdicom builds enhanced multi-frame and derived objects (SEG, SR, SC) but not
 single-frame CT/MR/DX image IODs, so the modules are filled here with pydicom, attribute by
 attribute, and the result is checked with ``dciodvfy`` in the tests.
@@ -54,12 +61,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from medsynth import __version__
-from medsynth.dicom_io.geometry import VolumeGeometry
+from medsynth.dicom_io.fileset import (
+    DICOMDIR_KEYWORDS,
+    MANIFEST_FORMAT_VERSION,
+    MANIFEST_NAME,
+    FileRecord,
+    file_meta,
+    prepare_output,
+)
+from medsynth.dicom_io.geometry import VolumeGeometry, right_handed
 from medsynth.dicom_io.identity import (
     IdentityOptions,
     PatientIdentity,
@@ -75,8 +90,10 @@ from medsynth.dicom_io.iod import (
     add_mr_module,
     anatomy_for,
     describe,
+    ds_string,
     mr_sequence_for,
 )
+from medsynth.dicom_io.pixel_encoding import PixelEncoding, fit_volume
 from medsynth.dicom_io.provenance import (
     MANUFACTURER,
     PRIVATE_CREATOR,
@@ -89,15 +106,13 @@ from medsynth.dicom_io.provenance import (
     code_item,
     equipment_model_name,
 )
-from medsynth.dicom_io.uids import IMPLEMENTATION_CLASS_UID, UidFactory, normalise_root, run_namespace
-from medsynth.errors import ConfigError, DicomWriteError, InputError, OutputError
+from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
+from medsynth.errors import ConfigError, DicomWriteError, InputError
 from medsynth.outputs import (
     RunJournal,
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
-    remove_previous_run,
-    require_usable_output,
 )
 from medsynth.presets import Modality, Preset, Window
 
@@ -106,15 +121,6 @@ __all__ = [
     "Provenance", "SeriesSlot", "SyntheticStudyWriter", "WriterOptions", "write_volume",
 ]
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
-
-# Attributes the DICOMDIR's PATIENT/STUDY/SERIES/IMAGE records are built from.
-_DICOMDIR_KEYWORDS = (
-    "SpecificCharacterSet", "SOPClassUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
-    "ReferringPhysicianName", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
-)
 
 # --------------------------------------------------------------------------------------------
 # Configuration records
@@ -174,93 +180,9 @@ class WriterOptions:
         return self.patients * self.studies_per_patient * self.series_per_study
 
 
-@dataclass(frozen=True)
-class PixelEncoding:
-    """How physical values become stored integers: ``stored = rint((v - intercept) / slope)``.
-
-    ``bits_stored`` 12 or 16 (always 16 bits allocated); ``signed`` → PixelRepresentation 1.
-    """
-
-    bits_stored: int
-    signed: bool
-    rescale_intercept: float = 0.0
-    rescale_slope: float = 1.0
-
-    @property
-    def stored_range(self) -> tuple[int, int]:
-        """Smallest and largest storable integer."""
-        if self.signed:
-            return -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1
-        return 0, 2**self.bits_stored - 1
-
-    @property
-    def physical_range(self) -> tuple[float, float]:
-        """Smallest and largest physical value this encoding represents."""
-        lo, hi = self.stored_range
-        return lo * self.rescale_slope + self.rescale_intercept, hi * self.rescale_slope + self.rescale_intercept
-
-    def encode(self, physical: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int16] | npt.NDArray[np.uint16], int]:
-        """Physical 2D array → (little-endian stored array, number of pixels clipped to the range)."""
-        arr = np.asarray(physical)
-        lo, hi = self.stored_range
-        if (np.issubdtype(arr.dtype, np.integer) and self.rescale_slope == 1.0
-                and float(self.rescale_intercept).is_integer()):
-            # integer input (e.g. HU from a file): exact integer arithmetic, no float round trip
-            stored_i = arr.astype(np.int32) - int(self.rescale_intercept)
-            clipped_i = int(np.count_nonzero((stored_i < lo) | (stored_i > hi)))
-            np.clip(stored_i, lo, hi, out=stored_i)
-            return stored_i.astype("<i2" if self.signed else "<u2"), clipped_i
-        stored = np.rint((arr.astype(np.float64) - self.rescale_intercept) / self.rescale_slope)
-        clipped = int(np.count_nonzero((stored < lo) | (stored > hi)))
-        np.clip(stored, lo, hi, out=stored)
-        out = stored.astype("<i2" if self.signed else "<u2")
-        return out, clipped
-
-    @classmethod
-    def for_preset(cls, preset: Preset) -> PixelEncoding:
-        """The preset's own encoding (12-bit unsigned; CT with its RescaleIntercept)."""
-        m = preset.intensity
-        return cls(bits_stored=m.bits_stored, signed=False, rescale_intercept=m.rescale_intercept,
-                   rescale_slope=m.rescale_slope)
-
-    @classmethod
-    def fit(cls, preset: Preset, low: float, high: float) -> PixelEncoding:
-        """The preset's encoding if [low, high] fits it, else a wider one that holds it exactly.
-
-        For CT (rescale slope 1) integers round-trip exactly. Raises InputError when no 16-bit
-        encoding holds the range (MR/DX callers rescale such data first, see ``write_volume``).
-        """
-        base = cls.for_preset(preset)
-        lo, hi = float(np.floor(low)), float(np.ceil(high))
-        plo, phi = base.physical_range
-        if plo <= lo and hi <= phi:
-            return base
-        if preset.modality is Modality.CT:
-            if lo >= -32768 and hi <= 32767:
-                return cls(bits_stored=16, signed=True, rescale_intercept=0.0, rescale_slope=1.0)
-        elif lo >= 0 and hi <= 65535:
-            return cls(bits_stored=16, signed=False)
-        elif preset.modality is Modality.MR and lo >= -32768 and hi <= 32767:
-            return cls(bits_stored=16, signed=True)
-        raise InputError(f"values {low:g}..{high:g} do not fit a 16-bit {preset.modality.value} encoding")
-
-
 # --------------------------------------------------------------------------------------------
 # Manifest records
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """One written instance, as listed in ``manifest.json`` (``path`` relative, '/'-separated)."""
-
-    path: str
-    patient_id: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    instance_number: int
 
 
 @dataclass
@@ -304,32 +226,12 @@ class _Series:
 # --------------------------------------------------------------------------------------------
 
 
-def _ds(value: float) -> str:
-    """A DS string (≤ 16 characters) for ``value``."""
-    text = f"{value:.10g}"
-    if len(text) > 16:
-        text = f"{value:.6e}"
-    return text
-
-
 def _da(d: dt.date) -> str:
     return d.strftime("%Y%m%d")
 
 
 def _tm(t: dt.time) -> str:
     return t.strftime("%H%M%S")
-
-
-def _prepare_output(out_dir: Path, force: bool) -> None:
-    """Create ``out_dir`` or check it is empty; with ``force`` remove every file of a previous
-    medsynth run (listed in its manifest/journal or not, see :func:`medsynth.outputs.remove_previous_run`);
-    nothing else is touched."""
-    if require_usable_output(out_dir, force, "write into it"):
-        remove_previous_run(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create output folder: {err.strerror}", out_dir) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +273,7 @@ class SyntheticStudyWriter:
         self._now = dt.datetime.now().replace(microsecond=0)
         #: extra JSON-ready entries the caller wants in the manifest (e.g. an intensity rescale)
         self.manifest_extra: dict[str, Any] = {}
-        _prepare_output(self.out_dir, force)
+        prepare_output(self.out_dir, force)
         self._journal: RunJournal | None = None  # started with the first series (manifest_extra is set by then)
 
     # -- context manager -------------------------------------------------------------------
@@ -470,15 +372,15 @@ class SyntheticStudyWriter:
         ds.InstanceNumber = index + 1
         if self.preset.modality is not Modality.DX:
             pos = series.geometry.slice_position(index)
-            ds.ImagePositionPatient = [_ds(v) for v in pos]
-            ds.SliceLocation = _ds(float(np.dot(pos, series.geometry.slice_normal)))
+            ds.ImagePositionPatient = [ds_string(v) for v in pos]
+            ds.SliceLocation = ds_string(float(np.dot(pos, series.geometry.slice_normal)))
         lo, hi = int(stored.min()), int(stored.max())
         vr = "SS" if series.encoding.signed else "US"
         ds.add_new(0x00280106, vr, lo)  # SmallestImagePixelValue
         ds.add_new(0x00280107, vr, hi)  # LargestImagePixelValue
         ds.PixelData = stored.tobytes()
 
-        ds.file_meta = self._file_meta(sop_uid)
+        ds.file_meta = file_meta(self.preset.sop_class.value, sop_uid)
 
         name = f"IM{series.files:06d}" + (".dcm" if self.options.dcm_names else "")
         final = series.dir / name
@@ -518,15 +420,6 @@ class SyntheticStudyWriter:
             "identity": asdict(o.identity),
             "uid_root": normalise_root(o.uid_root),
         }
-
-    def _file_meta(self, sop_uid: UID) -> FileMetaDataset:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(self.preset.sop_class.value)
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = f"MEDSYNTH_{__version__}"[:16]
-        return meta
 
     def _check_open(self) -> None:
         if self._finished:
@@ -632,8 +525,8 @@ class SyntheticStudyWriter:
         ds.PixelRepresentation = 1 if enc.signed else 0
 
         # VOI LUT: multi-valued windows, in the units after the modality LUT (HU for CT)
-        ds.WindowCenter = [_ds(w.center) for w in windows]
-        ds.WindowWidth = [_ds(w.width) for w in windows]
+        ds.WindowCenter = [ds_string(w.center) for w in windows]
+        ds.WindowWidth = [ds_string(w.width) for w in windows]
         ds.WindowCenterWidthExplanation = [w.explanation for w in windows]
 
         row_sp, col_sp = geom.spacing[1], geom.spacing[0]
@@ -643,10 +536,10 @@ class SyntheticStudyWriter:
             # Frame of Reference + Image Plane
             ds.FrameOfReferenceUID = series.frame_uid
             ds.PositionReferenceIndicator = ""
-            ds.PixelSpacing = [_ds(row_sp), _ds(col_sp)]
-            ds.ImageOrientationPatient = [_ds(v) for v in (*geom.row_cosines, *geom.column_cosines)]
-            ds.SliceThickness = _ds(geom.spacing[2])
-            ds.SpacingBetweenSlices = _ds(geom.spacing[2])
+            ds.PixelSpacing = [ds_string(row_sp), ds_string(col_sp)]
+            ds.ImageOrientationPatient = [ds_string(v) for v in (*geom.row_cosines, *geom.column_cosines)]
+            ds.SliceThickness = ds_string(geom.spacing[2])
+            ds.SpacingBetweenSlices = ds_string(geom.spacing[2])
             if p.modality is Modality.CT:
                 add_ct_module(ds, geom, enc.rescale_intercept, enc.rescale_slope)
             else:
@@ -669,7 +562,7 @@ class SyntheticStudyWriter:
         for rec in self._files:
             template = by_uid[rec.series_instance_uid].template
             stub = Dataset()
-            for keyword in _DICOMDIR_KEYWORDS:
+            for keyword in DICOMDIR_KEYWORDS:
                 if keyword in template:
                     stub[keyword] = template[keyword]
             stub.SOPInstanceUID = UID(rec.sop_instance_uid)
@@ -723,60 +616,6 @@ class SyntheticStudyWriter:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_right_handed(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
-    """Flip the slice axis of a left-handed volume so slices step along row × column.
-
-    DICOM readers reconstruct the slice direction as the cross product of the row and column
-    cosines; writing a left-handed volume as-is would make them read it mirrored in z.
-    """
-    m = geometry.matrix
-    if np.dot(np.cross(m[:, 0], m[:, 1]), m[:, 2]) > 0:
-        return volume, geometry
-    n = volume.shape[0]
-    new_origin = geometry.slice_position(n - 1)
-    d = m.copy()
-    d[:, 2] = -d[:, 2]
-    flipped = VolumeGeometry(origin=new_origin, spacing=geometry.spacing,
-                             direction=tuple(float(v) for v in d.reshape(-1)))  # type: ignore[arg-type]
-    return volume[::-1], flipped
-
-
-def _fit_volume(volume: np.ndarray, preset: Preset) -> tuple[np.ndarray, PixelEncoding, tuple[Window, ...] | None, dict[str, Any] | None]:
-    """Choose the encoding that keeps ``volume`` exact where possible.
-
-    CT: integer HU round-trip exactly (12-bit preset encoding, or 16-bit signed when the range
-    needs it); fractional HU are rounded. MR/DX: values that fit 16 bits (unsigned; MR also signed)
-    are rounded, so integers are kept exactly; values that do not fit, or fractional values
-    spanning less than 256 units (e.g. 0..1 floats), are mapped linearly onto the preset's range
-    and the mapping is recorded in the manifest (``intensity_rescaled``). Returns the
-    (possibly rescaled) volume, the encoding, windows (None = preset's) and the rescale record.
-    """
-    lo, hi = float(volume.min()), float(volume.max())
-    integral = bool(np.issubdtype(volume.dtype, np.integer) or np.all(volume == np.rint(volume)))
-    if preset.modality is Modality.CT:
-        return volume, PixelEncoding.fit(preset, lo, hi), None, None
-    rescale = None
-    fits = (lo >= 0 and hi <= 65535) or (preset.modality is Modality.MR and lo >= -32768 and hi <= 32767)
-    coarse = not integral and hi - lo < 256  # rounding to integers would erase most of the contrast
-    if not fits or coarse:
-        plo, phi = preset.intensity.physical_low, preset.intensity.physical_high
-        scale = (phi - plo) / (hi - lo) if hi > lo else 1.0
-        offset = plo - lo * scale
-        volume = volume * scale + offset
-        rescale = {"scale": scale, "offset": offset, "input_range": [lo, hi]}
-        lo, hi = float(volume.min()), float(volume.max())
-    enc = PixelEncoding.fit(preset, lo, hi)
-    # The preset's windows assume its range; data far narrower get a window over their own range.
-    windows: tuple[Window, ...] | None = None
-    span = preset.intensity.physical_high - preset.intensity.physical_low
-    if hi - lo < 0.5 * span or hi > preset.intensity.physical_high:
-        p1, p99 = (float(v) for v in np.percentile(volume, [1.0, 99.0]))
-        if p99 <= p1:
-            p1, p99 = lo, max(hi, lo + 1.0)
-        windows = (Window((p1 + p99) / 2.0, p99 - p1, "DATA RANGE"),)
-    return volume, enc, windows, rescale
-
-
 def write_volume(volume: npt.ArrayLike, geometry: VolumeGeometry, preset: Preset, out_dir: str | Path,
                  options: WriterOptions | None = None, provenance: Provenance | None = None,
                  force: bool = False, on_slice: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -796,8 +635,8 @@ def write_volume(volume: npt.ArrayLike, geometry: VolumeGeometry, preset: Preset
         raise InputError(f"expected real numeric voxels, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
         raise InputError("the volume contains NaN or infinite values")
-    arr, geometry = _as_right_handed(arr, geometry)
-    arr, encoding, windows, rescale = _fit_volume(arr, preset)
+    arr, geometry = right_handed(arr, geometry)
+    arr, encoding, windows, rescale = fit_volume(arr, preset)
     options = options or WriterOptions()
     with SyntheticStudyWriter(out_dir, preset, options, provenance, force=force) as writer:
         if rescale is not None:
