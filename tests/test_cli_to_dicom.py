@@ -290,3 +290,22 @@ def test_help_has_example() -> None:
     assert result.exit_code == 0
     assert "medsynth to-dicom ../shared/data/ct/abdomen_pelvis_totalseg.nii.gz" in result.output
     assert "--json" in result.output and "--seed" in result.output
+
+
+def test_same_seed_other_input_or_preset_shares_no_uid(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", rng.integers(-1000, 1000, size=(2, 6, 6)).astype(np.int16))
+    runs = [("a", "ct-chest"), ("b", "ct-chest"), ("a", "ct-pelvis")]
+    seen: dict[str, set[str]] = {}
+    for i, (name, preset) in enumerate(runs):
+        out = tmp_path / f"out{i}"
+        code, stdout, _ = run(str(tmp_path / f"{name}.npy"), "-m", preset, "--spacing", "1,1,1", "-o", str(out),
+                              "--seed", "7", "--json")
+        assert code == 0, stdout
+        files = json.loads((out / "manifest.json").read_text())["files"]
+        ids = {f[k] for f in files for k in ("sop_instance_uid", "series_instance_uid", "study_instance_uid",
+                                             "patient_id")}
+        for other, prev in seen.items():
+            assert not ids & prev, (i, other)
+        seen[str(i)] = ids
