@@ -72,8 +72,12 @@ def prepare_sets(shared: Path, split: str, work: Path, only: str | None) -> dict
     """The calibration data sets of ``split`` prepared under ``work``: {name: dataset folder}."""
     out: dict[str, Path] = {}
     if only in (None, "ct"):
+        # label each volume by its anatomy, so the halves are balanced per body region
+        labels = work / "labels.csv"
+        labels.write_text("".join(f"{Path(f).name.split('.')[0]},{'chest' if 'chest' in f or 'cardiac' in f else 'abdomen'}\n"
+                                  for f in CT[split]), encoding="utf-8")
         prepare_dataset([shared / f for f in CT[split]], work / "ct",
-                        PrepareConfig(preset="ct-pelvis", label="pelvis", slice_spacing_mm=0))
+                        PrepareConfig(preset="ct-pelvis", labels_file=labels, slice_spacing_mm=0))
         out["ct"] = work / "ct"
     if only in (None, "xr"):
         prepare_dataset([shared / "xr" / "pneumoniamnist_28.npz"], work / "xr",
@@ -90,7 +94,7 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 
 def variants(real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, ImageSet]]:
     """(training set = half B, {variant name: "synthetic" set}) for one real set."""
-    split = volume_halves(real.groups, real.positions, seed)
+    split = volume_halves(real.groups, real.positions, seed, real.labels)
     rng = np.random.default_rng(seed + 1)
     lo, hi = real.physical_range
     to_model = 2.0 / (hi - lo)  # physical units → model units

@@ -224,7 +224,7 @@ def evaluate_sets(
     if len(synthetic) < 2:
         raise EvaluationError(f"the synthetic set needs at least 2 images, has {len(synthetic)}", synthetic.path)
     rng = np.random.default_rng(cfg.seed)
-    split = volume_halves(real.groups, real.positions, cfg.seed)
+    split = volume_halves(real.groups, real.positions, cfg.seed, real.labels)
     ia = split.a[subset(len(split.a), cfg.max_query, rng)]
     ib = split.b[subset(len(split.b), cfg.max_reference, rng)]
     isyn = subset(len(synthetic), cfg.max_query, rng)
@@ -451,6 +451,8 @@ def _interval(resampled: npt.NDArray[np.float64], estimate: float) -> list[float
     duplicates images; without the shift their interval would miss the estimate)."""
     shifted = resampled - (float(np.mean(resampled)) - float(estimate))
     lo, hi = np.percentile(shifted, [2.5, 97.5])
+    if resampled.min() >= 0.0:  # a non-negative statistic (divergence, distance, fraction) stays so
+        lo = max(lo, 0.0)
     return [float(lo), float(hi)]
 
 

@@ -32,6 +32,7 @@ class GateThresholds:
     max_copy_excess: float = 0.05
     max_discriminator: float = 0.90
     max_discriminator_excess: float = 0.10
+    max_discriminator_ceiling: float = 0.97
     max_spectrum_excess_db: float = 3.0
     max_frechet_ratio: float = 2.0
     max_intensity_kl: float = 0.5
@@ -54,7 +55,7 @@ def check_gate(report: EvaluationReport | dict[str, Any], t: GateThresholds | No
                          f"{memo['copy_threshold']} (real baseline: {fc['baseline']:.1%}; allowed +{t.max_copy_excess:.0%})")
     disc = m.get("discriminator")
     if disc and disc.get("synthetic") is not None:
-        limit = max(t.max_discriminator, disc["baseline"] + t.max_discriminator_excess)
+        limit = min(t.max_discriminator_ceiling, max(t.max_discriminator, disc["baseline"] + t.max_discriminator_excess))
         if disc["synthetic"] > limit:
             fails.append(f"discriminator: real and synthetic told apart with accuracy {disc['synthetic']:.2f} "
                          f"> {limit:.2f} (real vs real: {disc['baseline']:.2f})")

@@ -285,3 +285,58 @@ def markdown_block(report: EvaluationReport, pack: ModelPack, thresholds: GateTh
     fails = check_thresholds(report, thresholds)
     lines += ["", "Acceptance thresholds (QUALITY.md): " + ("all met." if not fails else "NOT met: " + "; ".join(fails))]
     return "\n".join(lines) + "\n"
+
+
+# metrics compared by the regression check: (JSON path, better direction)
+REGRESSION_METRICS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("discriminator",), "lower"),
+    (("power_spectrum",), "lower"),
+    (("frechet",), "lower"),
+    (("intensity", "kl"), "lower"),
+    (("tissue_fractions", "total_variation"), "lower"),
+    (("memorisation", "fraction_copies"), "lower"),
+    (("diversity", "kl"), "lower"),
+)
+
+
+def _node(metrics: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    node: Any = metrics
+    for k in path:
+        node = node.get(k) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) and node.get("synthetic") is not None else None
+
+
+def quality_record(report: EvaluationReport, n_images: int, seed: int, steps: int | None) -> dict[str, Any]:
+    """What ``benchmarks/pack_quality.json`` keeps per pack: how it was measured, the gate's verdict,
+    and the regression metrics with their intervals."""
+    m = report.data["metrics"]
+    rec: dict[str, Any] = {"n_images": n_images, "seed": seed, "steps": steps,
+                           "discriminator": (m.get("discriminator") or {}).get("model"),
+                           "real_is_training_data": report.data["inputs"].get("real_is_training_data"),
+                           "gate_failures": check_gate(report), "metrics": {}}
+    for path, _ in REGRESSION_METRICS:
+        node = _node(m, path)
+        if node is not None:
+            rec["metrics"][".".join(path)] = {k: node.get(k) for k in ("synthetic", "ci", "baseline", "baseline_ci")}
+    return rec
+
+
+def regressions(report: EvaluationReport, record: dict[str, Any]) -> list[str]:
+    """How ``report`` is worse than the recorded ``record`` (:func:`quality_record`): a gate check that
+    passed now fails, or a metric is now worse than the far end of its recorded 95 % interval (or,
+    without an interval, worse by more than 10 %)."""
+    out = []
+    now = {f.split(":")[0].split(" ")[0] for f in check_gate(report)}
+    before = {f.split(":")[0].split(" ")[0] for f in record.get("gate_failures", [])}
+    out += [f"gate check '{k}' now fails (it passed when recorded)" for k in sorted(now - before)]
+    m = report.data["metrics"]
+    for path, _better in REGRESSION_METRICS:
+        key = ".".join(path)
+        old, node = record.get("metrics", {}).get(key), _node(m, path)
+        if old is None or node is None:
+            continue
+        limit = old["ci"][1] if old.get("ci") else abs(old["synthetic"]) * 1.1 + 1e-9
+        if node["synthetic"] > limit:
+            out.append(f"{key}: {node['synthetic']:.4g} is worse than recorded {old['synthetic']:.4g} "
+                       f"(allowed up to {limit:.4g})")
+    return out

@@ -38,13 +38,17 @@ class Split:
     volumes_b: int
 
 
-def volume_halves(volumes: npt.ArrayLike, positions: npt.ArrayLike | None, seed: int) -> Split:
+def volume_halves(volumes: npt.ArrayLike, positions: npt.ArrayLike | None, seed: int,
+                  labels: npt.ArrayLike | None = None) -> Split:
     """Split indices ``0..N-1`` into halves A and B with no volume on both sides.
 
-    Volumes are shuffled (seeded), ordered largest first and dealt A, B, B, A, A, B, … so the halves
-    are balanced in volumes (patients) and roughly in slices. With one volume only, the slices (ordered by ``positions``) are cut into
-    blocks of :data:`BLOCK_SLICES` dealt alternately to A and B, dropping :data:`GAP_SLICES` slices at
-    each boundary so no two neighbours straddle the split.
+    Volumes are grouped by their (most common) label, shuffled (seeded), ordered largest first
+    within each label and dealt A, B, B, A, A, B, … (one running sequence over the labels), so the
+    halves are balanced in volumes (patients) per condition and roughly in slices: a chest-only half
+    against an abdomen-only half would make the real-vs-real baseline measure anatomy, not realism.
+    With one volume only, the slices (ordered by ``positions``) are cut into blocks of
+    :data:`BLOCK_SLICES` dealt alternately to A and B, dropping :data:`GAP_SLICES` slices at each
+    boundary so no two neighbours straddle the split.
     """
     vol = np.asarray(volumes, dtype=np.int64)
     n = len(vol)
@@ -53,9 +57,10 @@ def volume_halves(volumes: npt.ArrayLike, positions: npt.ArrayLike | None, seed:
     rng = np.random.default_rng(seed)
     ids = np.unique(vol)
     if len(ids) >= 2:
+        lab = np.zeros(n, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         sizes = {int(v): int(np.sum(vol == v)) for v in ids}
-        # shuffled (seeded), then largest first, dealt A B B A A B …: balanced in volumes and slices
-        order = sorted(rng.permutation(ids).tolist(), key=lambda v: -sizes[v])
+        label_of = {int(v): int(np.bincount(lab[vol == v] - lab.min()).argmax()) for v in ids}
+        order = sorted(rng.permutation(ids).tolist(), key=lambda v: (label_of[v], -sizes[v]))
         side = {v: (0, 1, 1, 0)[k % 4] for k, v in enumerate(order)}
         in_a = np.array([side[int(v)] == 0 for v in vol])
         return Split(np.flatnonzero(in_a).astype(np.int64), np.flatnonzero(~in_a).astype(np.int64), "volumes",
