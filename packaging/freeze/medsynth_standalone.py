@@ -1,48 +1,45 @@
 """Entry point of the standalone (frozen) medsynth: the torch-free commands, no Python needed.
 
-The standalone build ships ``generate``, ``models``, ``to-dicom``, ``push``, ``prepare`` and
-``evaluate``. ``train`` and ``export`` need torch and MONAI, which the build leaves out on purpose
-(they would multiply its size); here they are replaced by commands that say so in one line and exit
-with status 2, instead of an ImportError traceback.
+The standalone build ships every medsynth module but leaves out torch, MONAI and onnx (they would
+multiply its size), so ``generate``, ``models``, ``to-dicom``, ``push``, ``prepare`` and ``evaluate``
+work and the training commands (``train``, ``export``, ``train-autoencoder``, ``train-latent``, and any
+later one that imports torch) cannot. Those fail here with one line naming the missing library and
+exit status 2, instead of an ImportError traceback. Which commands those are is not listed anywhere:
+whatever a command imports that the build left out is caught when it is imported.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from typing import NoReturn
+import sys
 
 import click
 
 from medsynth.cli import main as cli_main
 
-#: commands that need the Python package with the ``train`` extra
-NEEDS_TORCH: tuple[str, ...] = ("train", "export")
-HINT = "not in the standalone build (needs torch): use the Python package, pip install 'medsynth[train]'"
+#: top-level packages the spec leaves out of the build (EXCLUDES in medsynth.spec imports this)
+LEFT_OUT: tuple[str, ...] = (
+    "torch", "torchvision", "torchaudio", "triton", "monai", "onnx", "onnxscript", "onnx_ir",
+    "safetensors", "einops", "sympy", "networkx", "functorch",
+)
+EXIT_UNAVAILABLE = 2
 
 
-def _unavailable(name: str) -> click.Command:
-    def callback(**_: object) -> NoReturn:
-        raise click.UsageError(f"medsynth {name} is {HINT}")
-
-    return click.Command(
-        name,
-        callback=callback,
-        help=f"Not available here: medsynth {name} is {HINT}.",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        add_help_option=True,
-    )
+def _command_name(argv: list[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
-train = _unavailable("train")
-export = _unavailable("export")
-
-
-def main() -> None:
-    """Run the medsynth CLI with ``train``/``export`` swapped for their one-line refusals."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the medsynth CLI; a command that needs a left-out library ends with one line and exit 2."""
     multiprocessing.freeze_support()  # no-op unless a frozen child process is being started (Windows)
-    for name in NEEDS_TORCH:
-        if name in cli_main.COMMANDS:
-            cli_main.COMMANDS[name] = f"{__name__}:{name}"
-            cli_main.SHORT_HELP[name] = f"(not in the standalone build: needs torch) {cli_main.SHORT_HELP.get(name, '')}"
-    cli_main.cli(prog_name="medsynth")
-
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli_main.cli.main(args=args, prog_name="medsynth")
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if top not in LEFT_OUT:
+            raise
+        name = _command_name(args)
+        click.echo(f"Error: medsynth {name} needs {top}, which the standalone build leaves out: use the Python "
+                   "package for training (pip install 'medsynth[train]').", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
