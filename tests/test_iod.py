@@ -55,6 +55,20 @@ def test_ct_body_part_follows_the_condition(shared_data: Path, tmp_path: Path, c
     assert len({ANATOMY[c].centre_z_mm for c in ("pelvis", "abdomen", "chest")}) == 3
 
 
+def test_cardiac_lge_is_gated_inversion_recovery(shared_data: Path, tmp_path: Path) -> None:
+    from medsynth.dicom_io.reader import read_images
+
+    series = read_images([shared_data / "mr/cardiac_lge_dicom"]).series[0]
+    p = get_preset("mr-cardiac")
+    slab = series.voxels[20:22, :p.matrix[0], :p.matrix[1]]
+    geom = VolumeGeometry.axial(p.matrix, p.pixel_spacing_mm, p.slice_thickness_mm, 2)
+    m = write_volume(slab, geom, p, tmp_path, WriterOptions(seed=1), _generated("mr-cardiac", "lge"))
+    ds = _first(tmp_path, m)
+    assert list(ds.ScanningSequence) == ["GR", "IR"] and ds.ScanOptions == "CG" and float(ds.TriggerTime) == 400.0
+    assert ds.MRAcquisitionType == "3D" and ds.BodyPartExamined == "HEART" and ds.ContrastBolusAgent
+    assert dciodvfy(Path(ds.filename))[0] == []
+
+
 @pytest.mark.parametrize("condition", ["t1", "t2", "flair", "t1c"])
 def test_mr_sequence_attributes_per_contrast(shared_data: Path, tmp_path: Path, condition: str) -> None:
     rel = {"t1": "brain_stroke_t1", "t2": "brain_stroke_t2", "flair": "brain_stroke_flair",

@@ -62,18 +62,19 @@ class MrSequence:
     flip_angle: float
     echo_train_length: int
     contrast_agent: str = ""
+    trigger_time: float | None = None  # ms after the R wave (ECG-gated, ScanOptions CG)
 
 
 #: MR sequences per condition (plausible 1.5-3 T parameters)
 MR_SEQUENCES: dict[str, MrSequence] = {
     "t1": MrSequence("T1", ("SE",), ("SK",), (), "2D", "se2d1", 500.0, 12.0, None, 90.0, 1),
     "t2": MrSequence("T2", ("SE",), ("SK", "SP"), (), "2D", "tse2d1_16", 4500.0, 100.0, None, 150.0, 16),
-    "flair": MrSequence("T2 FLAIR", ("SE", "IR"), ("SK", "SP", "MP"), ("IR",), "2D", "tir2d1_21", 9000.0, 120.0,
+    "flair": MrSequence("T2 FLAIR", ("SE", "IR"), ("SK", "SP", "MP"), (), "2D", "tir2d1_21", 9000.0, 120.0,
                         2500.0, 150.0, 21),
     "t1c": MrSequence("T1 post-contrast", ("SE",), ("SK",), (), "2D", "se2d1", 500.0, 12.0, None, 90.0, 1,
                       contrast_agent="GADOLINIUM"),
-    "lge": MrSequence("LGE", ("GR", "IR"), ("SP", "MP", "OSP"), ("IR",), "3D", "tfl3d1", 4.8, 1.9, 300.0, 20.0, 1,
-                      contrast_agent="GADOLINIUM"),
+    "lge": MrSequence("LGE", ("GR", "IR"), ("SP", "MP", "OSP"), ("CG",), "3D", "tfl3d1", 4.8, 1.9, 300.0, 20.0, 1,
+                      contrast_agent="GADOLINIUM", trigger_time=400.0),
 }
 
 _PRESET_ANATOMY = {"PELVIS": "pelvis", "ABDOMEN": "abdomen", "CHEST": "chest", "HEART": "heart", "BRAIN": "brain"}
@@ -181,6 +182,8 @@ def add_mr_module(ds: Dataset, seq: MrSequence | None) -> None:
         ds.InversionTime = ds_string(seq.inversion_time)
     ds.EchoTrainLength = seq.echo_train_length
     ds.FlipAngle = ds_string(seq.flip_angle)
+    if seq.trigger_time is not None:
+        ds.TriggerTime = ds_string(seq.trigger_time)
     if seq.contrast_agent:
         ds.ContrastBolusAgent = seq.contrast_agent
 
