@@ -281,7 +281,7 @@ def _read_dicom(
 
 def _private_condition(ds: Any) -> str | None:
     """The ``condition`` from medsynth's private block, if the file has one."""
-    from medsynth.dicom_io.writer import PRIVATE_CREATOR, PRIVATE_GROUP, PRIVATE_TAGS
+    from medsynth.dicom_io.provenance import PRIVATE_CREATOR, PRIVATE_GROUP, PRIVATE_TAGS
 
     try:
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
