@@ -24,7 +24,8 @@ from medsynth.latent.config import AutoencoderConfig, LatentDenoiserConfig
 from medsynth.pack import load_pack
 from medsynth.prepare import PrepareConfig, ZRange, prepare_dataset
 
-TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=4, checkpoint_every=2)
+TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=4, checkpoint_every=2,
+                            whole_slice_steps=1)
 TINY_LD = LatentDenoiserConfig(channels=(32, 32), attention_levels=(False, True), batch_size=4, steps=4,
                                checkpoint_every=2, warmup_steps=2)
 

@@ -35,12 +35,14 @@ Examples:
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Run folder (resumed when it holds a checkpoint).")
 @click.option("--channels", default=None, help="Channels per level, e.g. 32,64,64,64 (4 levels = 8× per side).")
-@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop size in pixels (default 128).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per step (default 16).")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Training crop size in pixels (default 96).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per step (default 8).")
+@click.option("--whole-slice-steps", type=click.IntRange(0), default=None,
+              help="The last N steps train on whole slices (so normalisation sees whole-slice statistics).")
 @_common
 @handle_errors
 def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, crop: int | None,
-                          batch_size: int | None, steps: int | None, max_minutes: float | None,
+                          batch_size: int | None, whole_slice_steps: int | None, steps: int | None, max_minutes: float | None,
                           threads: int | None, seed: int | None, as_json: bool) -> None:
     """Train the autoencoder (MONAI AutoencoderKL, L1 + KL) of a latent-diffusion pack on random
     crops of DATASET's full-resolution slices; checkpoints often and resumes from RUN."""
@@ -59,7 +61,8 @@ def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, cr
     changes: dict[str, Any] = {k: v for k, v in {"crop": crop, "batch_size": batch_size, "seed": seed}.items() if v is not None}
     cfg = replace(cfg, **changes)
     summary = train_autoencoder(dataset, run_dir, cfg if (channels or crop or batch_size or seed is not None) else None,
-                                steps=steps, max_minutes=max_minutes, threads=threads, show_progress=not as_json)
+                                steps=steps, whole_slice_steps=whole_slice_steps, max_minutes=max_minutes,
+                                threads=threads, show_progress=not as_json)
     if as_json:
         echo_json(summary.to_json())
     else:

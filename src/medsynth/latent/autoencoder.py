@@ -91,6 +91,13 @@ def _crops(slices: npt.NDArray[np.float32], cfg: AutoencoderConfig, step: int) -
     return torch.from_numpy(out)
 
 
+def _whole(slices: npt.NDArray[np.float32], cfg: AutoencoderConfig, step: int) -> torch.Tensor:
+    """Whole slices [B, 1, H, W] for the final whole-slice steps, deterministic in (seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step, 13])
+    idx = rng.integers(0, len(slices), cfg.whole_slice_batch)
+    return torch.from_numpy(np.array(slices[idx], dtype=np.float32)[:, None])
+
+
 @dataclass(frozen=True)
 class AutoencoderSummary:
     run_dir: Path
@@ -122,25 +129,27 @@ def train_autoencoder(
     config: AutoencoderConfig | None = None,
     *,
     steps: int | None = None,
+    whole_slice_steps: int | None = None,
     max_minutes: float | None = None,
     threads: int | None = None,
     show_progress: bool = True,
 ) -> AutoencoderSummary:
     """Train (or resume, when ``run_dir`` holds a checkpoint) an autoencoder on ``dataset``.
 
-    ``steps`` raises or sets the step budget; ``max_minutes`` stops cleanly with a checkpoint.
+    ``steps`` raises or sets the step budget, ``whole_slice_steps`` how many of the last steps use
+    whole slices; ``max_minutes`` stops cleanly with a checkpoint.
     """
     run_dir = Path(run_dir)
     ds: PreparedDataset = load_dataset(dataset)
     resume = (run_dir / STATE_NAME).is_file() and (run_dir / AE_CONFIG_NAME).is_file()
     if resume:
-        cfg = with_steps(read_autoencoder_config(run_dir), steps)
-        if config is not None and with_steps(config, cfg.steps) != cfg:
+        cfg = with_steps(read_autoencoder_config(run_dir), steps, whole_slice_steps)
+        if config is not None and with_steps(config, cfg.steps, cfg.whole_slice_steps) != cfg:
             raise ConfigError("the run folder holds an autoencoder with other settings; use a new folder", run_dir)
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise OutputError("output folder is not empty and holds no autoencoder checkpoint", run_dir)
-        cfg = with_steps(config or AutoencoderConfig(), steps)
+        cfg = with_steps(config or AutoencoderConfig(), steps, whole_slice_steps)
     cfg.validate()
     h, w = ds.manifest.matrix
     if h < cfg.crop or w < cfg.crop:
@@ -161,8 +170,8 @@ def train_autoencoder(
         start, secs = ck.step, ck.train_seconds
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(run_dir / AE_CONFIG_NAME, to_json(cfg))
         save_json(run_dir / "autoencoder_run.json", {"dataset": ds.manifest.to_json() | {"slice_sources": []}})
+    save_json(run_dir / AE_CONFIG_NAME, to_json(cfg))  # the resolved budget of this invocation
     slices = np.asarray(ds.slices)
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
     t_start = time.monotonic()
@@ -175,7 +184,7 @@ def train_autoencoder(
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress) as progress:
             task = progress.add_task("ae", total=cfg.steps, completed=start, loss="-")
             while step < cfg.steps:
-                x = _crops(slices, cfg, step)
+                x = _whole(slices, cfg, step) if step >= cfg.steps - cfg.whole_slice_steps else _crops(slices, cfg, step)
                 with ctx:
                     recon, z_mu, z_sigma = model(x)
                 rec = torch.nn.functional.l1_loss(recon.float(), x)

@@ -41,6 +41,10 @@ class AutoencoderConfig:
     seed: int = 0
     precision: Precision = "bf16"
     checkpoint_every: int = 100
+    # the last ``whole_slice_steps`` steps train on whole slices (batch ``whole_slice_batch``), so
+    # GroupNorm sees at training the statistics of the whole slices it encodes and decodes later
+    whole_slice_steps: int = 0
+    whole_slice_batch: int = 1
 
     @property
     def downsample(self) -> int:
@@ -136,6 +140,11 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def with_steps(cfg: Any, steps: int | None) -> Any:
-    """``cfg`` with a new step budget (the only field that may change when resuming)."""
-    return cfg if steps is None else replace(cfg, steps=int(steps))
+def with_steps(cfg: Any, steps: int | None, whole_slice_steps: int | None = None) -> Any:
+    """``cfg`` with a new step budget (and, for the autoencoder, a new number of final whole-slice
+    steps): the only fields that may change when resuming."""
+    if steps is not None:
+        cfg = replace(cfg, steps=int(steps))
+    if whole_slice_steps is not None:
+        cfg = replace(cfg, whole_slice_steps=int(whole_slice_steps))
+    return cfg
