@@ -78,6 +78,7 @@ class EvaluationConfig:
     discriminator: DiscriminatorKind = "auto"
     discriminator_folds: int = 5
     max_discriminator: int = 150
+    max_adjacent_pairs: int = 300
 
     def __post_init__(self) -> None:
         from medsynth.errors import ConfigError
@@ -86,7 +87,7 @@ class EvaluationConfig:
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         for name in ("max_query", "max_reference", "max_diversity", "max_train", "histogram_bins", "discriminator_folds",
-                     "max_discriminator"):
+                     "max_discriminator", "max_adjacent_pairs"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"{name} must be at least 2, got {getattr(self, name)}")
         if self.ssim_max_side < 16:
@@ -211,10 +212,17 @@ def evaluate_sets(
     train: ImageSet | None = None,
     config: EvaluationConfig | None = None,
     progress: ProgressCallback | None = None,
+    baseline: ImageSet | None = None,
 ) -> EvaluationReport:
-    """The metrics on already loaded sets (all in ``real``'s model space); see the module docstring."""
+    """The metrics on already loaded sets (all in ``real``'s model space); see the module docstring.
+
+    ``baseline`` (optional): another real set — for a model pack, its *training* patients — measured
+    against the whole of ``real`` (held-out patients) as the baseline, instead of splitting ``real``
+    into halves: "how close do the patients the model learned from come to unseen patients" is the
+    best a perfect generator of them can score, and every held-out volume stays in the reference.
+    """
     from medsynth.evaluation.figures import make_figures
-    from medsynth.evaluation.splits import volume_halves
+    from medsynth.evaluation.splits import Split, volume_halves
     from medsynth.evaluation.texture import working_copy
 
     cfg = config or EvaluationConfig()
@@ -224,14 +232,21 @@ def evaluate_sets(
     if len(synthetic) < 2:
         raise EvaluationError(f"the synthetic set needs at least 2 images, has {len(synthetic)}", synthetic.path)
     rng = np.random.default_rng(cfg.seed)
-    split = volume_halves(real.groups, real.positions, cfg.seed, real.labels)
+    if baseline is None:
+        split = volume_halves(real.groups, real.positions, cfg.seed, real.labels)
+        a_set = real
+    else:
+        split = Split(np.arange(len(baseline), dtype=np.int64), np.arange(len(real), dtype=np.int64),
+                      "baseline set: another real set (the training patients) against all of the real set",
+                      int(len(np.unique(baseline.groups))), int(len(np.unique(real.groups))))
+        a_set = baseline
     ia = split.a[subset(len(split.a), cfg.max_query, rng)]
     ib = split.b[subset(len(split.b), cfg.max_reference, rng)]
     isyn = subset(len(synthetic), cfg.max_query, rng)
-    sets = _Sets(np.asarray(real.images[ia]), np.asarray(real.images[ib]), np.asarray(synthetic.images[isyn]),
-                 real.labels[ia], real.labels[ib], synthetic.labels[isyn],
-                 real.groups[ia], real.groups[ib], synthetic.groups[isyn],
-                 real.order[ia], real.order[ib], synthetic.order[isyn])
+    sets = _Sets(np.asarray(a_set.images[ia]), np.asarray(real.images[ib]), np.asarray(synthetic.images[isyn]),
+                 a_set.labels[ia], real.labels[ib], synthetic.labels[isyn],
+                 a_set.groups[ia], real.groups[ib], synthetic.groups[isyn],
+                 a_set.order[ia], real.order[ib], synthetic.order[isyn])
     # SSIM-based metrics on working copies (≤ ssim_max_side px a side); everything else at full resolution
     wa, wb, ws = (working_copy(v, cfg.ssim_max_side) for v in (sets.a, sets.b, sets.s))
     ci = _Bootstrap(cfg, sets)
@@ -293,7 +308,7 @@ def evaluate_sets(
         return M.kl_divergence(r.sum(axis=0), q.sum(axis=0))
 
     def cramers_v(q: npt.NDArray[Any], r: npt.NDArray[Any]) -> float:
-        return M.chi_square(r.sum(axis=0), q.sum(axis=0)).cramers_v
+        return M.cramers_v(r.sum(axis=0), q.sum(axis=0))
 
     metrics["intensity"] = {
         "unit": real.unit,
@@ -373,7 +388,12 @@ def evaluate_sets(
         pool_full = np.asarray(train.images[itr])
         pool = working_copy(pool_full, cfg.ssim_max_side)
         nn_t = M.nearest_ssim(ws, pool, cfg.ssim, progress=stage("memorisation (nearest training image)"))
-        if train is real or train.path == real.path:
+        memo_groups = sets.a_groups
+        if baseline is not None and (train is baseline or train.path == baseline.path):
+            # the baseline set is the training set: its baseline is the held-out patients' nearest training image
+            nn_at = M.nearest_ssim(wb, pool, cfg.ssim, progress=stage("memorisation (held-out baseline)"))
+            memo_groups = sets.b_groups
+        elif train is real or train.path == real.path:
             # real A is part of the training set: its baseline is its nearest image in real B (other volumes)
             nn_at = nn_a
         else:
@@ -386,15 +406,17 @@ def evaluate_sets(
         closest = [(sets.s[i], pool_full[nn_t.index[i]], float(nn_t.ssim[i])) for i in order]
         metrics["memorisation"] = {
             "threshold": thr,
-            "baseline_is": ("real half A against real half B (the real set is the training set)"
+            "baseline_is": ("held-out real patients against the same training images" if memo_groups is sets.b_groups
+                            else "real half A against real half B (the real set is the training set)"
                             if nn_at is nn_a else "real half A (held-out patients when --real holds patients "
                             "not in --train) against the same training images"),
             "fraction_above": ci.pair_means((nn_t.ssim >= thr).astype(float), (nn_at.ssim >= thr).astype(float),
-                                            "lower"),
+                                            "lower", ga=memo_groups),
             "copy_threshold": cthr,
             "fraction_copies": ci.pair_means((nn_t.ssim >= cthr).astype(float), (nn_at.ssim >= cthr).astype(float),
-                                             "lower"),
-            "nearest_train_ssim": ci.pair_means(nn_t.ssim, nn_at.ssim, "lower", synthetic_max=float(nn_t.ssim.max()),
+                                             "lower", ga=memo_groups),
+            "nearest_train_ssim": ci.pair_means(nn_t.ssim, nn_at.ssim, "lower", ga=memo_groups,
+                                                synthetic_max=float(nn_t.ssim.max()),
                                                 baseline_max=float(nn_at.ssim.max())),
             "train_images_searched": int(len(pool)),
             "exact_search": nn_t.exact,
@@ -409,11 +431,14 @@ def evaluate_sets(
         "format_version": REPORT_FORMAT_VERSION,
         "software_version": __version__,
         "inputs": {"real": real.describe(), "synthetic": synthetic.describe(),
-                   "train": train.describe() if train is not None else None},
+                   "train": train.describe() if train is not None else None,
+                   "baseline": baseline.describe() if baseline is not None else None},
         "protocol": {
             "seed": cfg.seed,
-            "reference": "real half B",
-            "baseline": "real half A measured against real half B exactly as the synthetic images are",
+            "reference": "real half B" if baseline is None else "the whole real set (B)",
+            "baseline": ("real half A measured against real half B exactly as the synthetic images are"
+                         if baseline is None else "the baseline set (A) measured against the real set exactly as "
+                         "the synthetic images are"),
             "split": split.kind,
             "real_volumes_a": split.volumes_a,
             "real_volumes_b": split.volumes_b,
@@ -508,6 +533,10 @@ def _adjacent(ci: _Bootstrap, cfg: EvaluationConfig, sets: _Sets,
     wa, wb, ws = working
     pa, pb, ps = (adjacent_pairs(g, o) for g, o in ((sets.a_groups, sets.a_order), (sets.b_groups, sets.b_order),
                                                      (sets.s_groups, sets.s_order)))
+    # at most max_adjacent_pairs pairs per set (seeded), which keeps long real volumes cheap
+    rng = np.random.default_rng(cfg.seed + 5)
+    pa, pb, ps = (p[np.sort(rng.choice(len(p), cfg.max_adjacent_pairs, replace=False))]
+                  if len(p) > cfg.max_adjacent_pairs else p for p in (pa, pb, ps))
     if min(len(pa), len(pb), len(ps)) < 2:
         return None
     va, vb, vs = adjacent_ssim(wa, pa, cfg.ssim), adjacent_ssim(wb, pb, cfg.ssim), adjacent_ssim(ws, ps, cfg.ssim)
