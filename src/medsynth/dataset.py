@@ -116,8 +116,9 @@ def save_dataset(
     _validate(root, manifest, slices, labels, positions)
     _validate_volumes(root, volumes, len(slices))
     root.mkdir(parents=True, exist_ok=True)
-    arrays = [("slices", slices.astype(np.float32)), ("labels", labels.astype(np.int64)),
-              ("positions", positions.astype(np.float32))]
+    arrays: list[tuple[str, npt.NDArray[Any]]] = [
+        ("slices", slices.astype(np.float32)), ("labels", labels.astype(np.int64)),
+        ("positions", positions.astype(np.float32))]
     if volumes is not None:
         arrays.append(("volumes", np.asarray(volumes).astype(np.int64)))
     for name, arr in arrays:
