@@ -79,6 +79,7 @@ class GenerateConfig:
     force: bool = False
     reproducible_uids: bool = False
     noise: NoiseSharing = "auto"
+    transfer_syntax: str = "explicit"  # see medsynth.dicom_io.transfer_syntax.TransferSyntax
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -94,6 +95,14 @@ class GenerateConfig:
             raise ConfigError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
         if self.noise not in get_args(NoiseSharing):
             raise ConfigError(f"unknown noise sharing {self.noise!r}")
+        from medsynth.dicom_io.pixel_encoding import PixelEncoding
+        from medsynth.dicom_io.transfer_syntax import TransferSyntax, check_encoding
+
+        syntax = TransferSyntax.parse(self.transfer_syntax)
+        if syntax is not TransferSyntax.EXPLICIT and self.format != "dicom":
+            raise ConfigError("--transfer-syntax needs --format dicom")
+        if syntax.eight_bit_only:  # generated pixels are in the preset's 12-bit encoding
+            check_encoding(syntax, PixelEncoding.for_preset(get_preset(self.modality)), f"{self.modality} pixels")
 
 
 @dataclass(frozen=True)
@@ -409,8 +418,12 @@ def generate(
     writer: Any
     sink: _PlainSink | None = None
     if cfg.format == "dicom":
+        from medsynth.dicom_io.transfer_syntax import TransferSyntax
+
+        syntax = TransferSyntax.parse(cfg.transfer_syntax)
         options = WriterOptions(patients=cfg.patients, studies_per_patient=cfg.studies, series_per_study=cfg.series,
-                                slices_per_series=n_slices, seed=seed if cfg.reproducible_uids else None)
+                                slices_per_series=n_slices, seed=seed if cfg.reproducible_uids else None,
+                                transfer_syntax=syntax)
         writer = SyntheticStudyWriter(out_dir, preset, options, provenance, force=cfg.force)
         writer.manifest_extra.update(run_info)
     else:

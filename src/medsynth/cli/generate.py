@@ -40,6 +40,10 @@ from medsynth.push.options import push_options
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Slices sampled together (memory grows with it).")
 @click.option("--format", "fmt", type=click.Choice(["dicom", "nifti", "png"]), default="dicom", show_default=True)
+@click.option("--transfer-syntax", "transfer_syntax", default="explicit", show_default=True,
+              type=click.Choice(["explicit", "implicit", "rle", "jpeg-ls", "jpeg2000", "jpeg2000-lossy", "jpeg-baseline"]),
+              help="DICOM file encoding: explicit/implicit VR little endian, RLE, JPEG-LS or JPEG 2000 lossless, "
+                   "JPEG 2000 lossy (ratio 10; new UIDs); jpeg-baseline is refused (generated pixels are 12-bit).")
 @click.option("--preview", is_flag=True, help="Also write preview.png, a contact sheet of the first slices.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (a previous run's files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
@@ -49,7 +53,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
              sampler: str | None, eta: float, guidance: float | None, model: Path | None,
              model_dir: Path | None, device: str, threads: int | None, batch_size: int, fmt: str,
-             preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
+             transfer_syntax: str, preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
     """Sample synthetic slices with onnxruntime (no torch) and write a synthetic study.
 
     Sampler, steps and guidance default to the model pack's own settings. Slices are written as
@@ -61,6 +65,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m mr-brain --condition flair --patients 3 --slices 24 --seed 1 -o out/
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
+      medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
     """
     from rich.console import Console
@@ -88,7 +93,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         condition=condition, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance, model=model,
         model_dir=model_dir, device=device,  # type: ignore[arg-type]
         threads=threads, batch_size=batch_size, format=fmt,  # type: ignore[arg-type]
-        preview=preview, force=force, reproducible_uids=reproducible_uids,
+        preview=preview, force=force, reproducible_uids=reproducible_uids, transfer_syntax=transfer_syntax,
     )
     if as_json:
         summary = run_generate(cfg).to_json()

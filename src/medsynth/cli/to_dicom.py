@@ -65,12 +65,16 @@ def _parse_dates(value: str) -> tuple[dt.date, dt.date]:
                    "Without it the input is treated as a real scan and written as de-identified real data.")
 @click.option("--dcm-names", is_flag=True,
               help="Name files IM000000.dcm (then no DICOMDIR: its File IDs cannot hold a '.').")
+@click.option("--transfer-syntax", "transfer_syntax", default="explicit", show_default=True,
+              type=click.Choice(["explicit", "implicit", "rle", "jpeg-ls", "jpeg2000", "jpeg2000-lossy", "jpeg-baseline"]),
+              help="File encoding: explicit/implicit VR little endian, RLE, JPEG-LS or JPEG 2000 lossless, "
+                   "JPEG 2000 lossy (ratio 10), JPEG baseline (8-bit input only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
 def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing: str | None,
              seed: int | None, uid_root: str | None, patients: int, studies: int, series: int,
              name_prefix: str, id_prefix: str, sex: str, age: str, study_dates: str, synthetic: bool,
-             dcm_names: bool, as_json: bool) -> None:
+             dcm_names: bool, transfer_syntax: str, as_json: bool) -> None:
     """Write INPUT (NIfTI/NRRD/MHA volume, or .npy [z,y,x] / [rows,cols] array) as DICOM.
 
     The input's geometry and values are kept (CT in HU, exact for integers); patient, study, dates
@@ -84,6 +88,7 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
       medsynth to-dicom ../shared/data/ct/abdomen_pelvis_totalseg.nii.gz --modality ct-pelvis -o out/
       medsynth to-dicom slices.npy --spacing 0.8,0.8,3 -m ct-chest -o out/ --seed 1 --json
       medsynth to-dicom generated.nii.gz -m mr-brain -o out/ --synthetic
+      medsynth to-dicom scan.nii.gz -m ct-chest -o out/ --transfer-syntax jpeg2000
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -97,7 +102,8 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
     identity = IdentityOptions(name_prefix=name_prefix, id_prefix=id_prefix, sex=Sex(sex),
                                age_years=_parse_age(age), study_dates=_parse_dates(study_dates))
     options = WriterOptions(patients=patients, studies_per_patient=studies, series_per_study=series,
-                            identity=identity, uid_root=uid_root, seed=seed, dcm_names=dcm_names)
+                            identity=identity, uid_root=uid_root, seed=seed, dcm_names=dcm_names,
+                            transfer_syntax=transfer_syntax)  # type: ignore[arg-type]  # parsed by WriterOptions
     columns = (TextColumn("writing DICOM"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # the bar appears only once the input is read: an error is never printed after an empty "0/?" bar
     progress = Progress(*columns, transient=True, console=Console(stderr=True))
@@ -123,6 +129,7 @@ def to_dicom(input_path: str, modality: str, out_dir: str, force: bool, spacing:
         "studies": manifest["studies"],
         "series": len(manifest["series"]),
         "dicomdir": manifest["dicomdir"],
+        "transfer_syntax": manifest["transfer_syntax"],
         "manifest": "manifest.json",
         "seed": manifest["seed"],
         "study_instance_uids": sorted({f["study_instance_uid"] for f in manifest["files"]}),

@@ -21,13 +21,23 @@ from medsynth.presets import Modality, Preset, Window
 class PixelEncoding:
     """How physical values become stored integers: ``stored = rint((v - intercept) / slope)``.
 
-    ``bits_stored`` 12 or 16 (always 16 bits allocated); ``signed`` → PixelRepresentation 1.
+    ``bits_stored`` 8, 12 or 16 (8 in 8 bits allocated, for JPEG baseline; else 16 allocated);
+    ``signed`` → PixelRepresentation 1.
     """
 
     bits_stored: int
     signed: bool
     rescale_intercept: float = 0.0
     rescale_slope: float = 1.0
+
+    @property
+    def bits_allocated(self) -> int:
+        """BitsAllocated: 8 for 8-bit encodings, else 16."""
+        return 8 if self.bits_stored <= 8 else 16
+
+    @property
+    def _dtype(self) -> str:
+        return ("<i1" if self.signed else "<u1") if self.bits_allocated == 8 else ("<i2" if self.signed else "<u2")
 
     @property
     def stored_range(self) -> tuple[int, int]:
@@ -42,7 +52,7 @@ class PixelEncoding:
         lo, hi = self.stored_range
         return lo * self.rescale_slope + self.rescale_intercept, hi * self.rescale_slope + self.rescale_intercept
 
-    def encode(self, physical: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int16] | npt.NDArray[np.uint16], int]:
+    def encode(self, physical: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.integer[Any]], int]:
         """Physical 2D array → (little-endian stored array, number of pixels clipped to the range)."""
         arr = np.asarray(physical)
         lo, hi = self.stored_range
@@ -52,11 +62,11 @@ class PixelEncoding:
             stored_i = arr.astype(np.int32) - int(self.rescale_intercept)
             clipped_i = int(np.count_nonzero((stored_i < lo) | (stored_i > hi)))
             np.clip(stored_i, lo, hi, out=stored_i)
-            return stored_i.astype("<i2" if self.signed else "<u2"), clipped_i
+            return stored_i.astype(self._dtype), clipped_i
         stored = np.rint((arr.astype(np.float64) - self.rescale_intercept) / self.rescale_slope)
         clipped = int(np.count_nonzero((stored < lo) | (stored > hi)))
         np.clip(stored, lo, hi, out=stored)
-        out = stored.astype("<i2" if self.signed else "<u2")
+        out = stored.astype(self._dtype)
         return out, clipped
 
     @classmethod

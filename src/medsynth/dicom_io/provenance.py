@@ -224,7 +224,9 @@ def read_private_provenance(ds: Dataset) -> dict[str, Any]:
     """The provenance fields of a medsynth file's private block ({} when it has none)."""
     try:
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-        text = str(block[PRIVATE_TAGS["json"][0]].value)
+        value = block[PRIVATE_TAGS["json"][0]].value
+        # Implicit VR files carry private elements without their VR: pydicom reads the bytes (UN)
+        text = value.decode("utf-8", "replace").rstrip("\x00 ") if isinstance(value, bytes) else str(value)
     except (KeyError, ValueError):
         return {}
     try:

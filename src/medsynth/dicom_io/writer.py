@@ -106,6 +106,12 @@ from medsynth.dicom_io.provenance import (
     code_item,
     equipment_model_name,
 )
+from medsynth.dicom_io.transfer_syntax import (
+    TransferSyntax,
+    check_encoding,
+    eight_bit_encoding,
+    encode_instance,
+)
 from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, DicomWriteError, InputError
 from medsynth.outputs import (
@@ -144,7 +150,8 @@ class WriterOptions:
     whatever slices it is given. ``uid_root`` is a UID prefix (default: the 2.25 UUID form);
     ``seed`` makes UIDs, identities and timestamps — hence every output byte — reproducible.
     ``dcm_names`` names files ``IM000000.dcm``; a DICOMDIR cannot reference such names (File IDs
-    allow no '.'), so none is written then.
+    allow no '.'), so none is written then. ``transfer_syntax``: how each file is encoded (see
+    :mod:`~medsynth.dicom_io.transfer_syntax`; JPEG baseline needs 8-bit pixels).
     """
 
     patients: int = 1
@@ -155,8 +162,10 @@ class WriterOptions:
     uid_root: str | None = None
     seed: int | None = None
     dcm_names: bool = False
+    transfer_syntax: TransferSyntax = TransferSyntax.EXPLICIT
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "transfer_syntax", TransferSyntax.parse(self.transfer_syntax))
         for name in ("patients", "studies_per_patient", "series_per_study"):
             value = getattr(self, name)
             if not 1 <= value <= 10000:
@@ -326,6 +335,7 @@ class SyntheticStudyWriter:
         stu, study_uid, stu_dir = self._study(patient, study)
         rel = f"PT{pat_dir:06d}/ST{stu_dir:06d}/SE{series_index:06d}"
         enc = encoding or PixelEncoding.for_preset(self.preset)
+        check_encoding(self.options.transfer_syntax, enc, f"{self.preset.name} pixels")
         desc = description or describe(self.preset, self.provenance.condition, self.provenance.pixel_origin,
                                        series_index, self.options.series_per_study).series
         series = _Series(
@@ -381,6 +391,7 @@ class SyntheticStudyWriter:
         ds.PixelData = stored.tobytes()
 
         ds.file_meta = file_meta(self.preset.sop_class.value, sop_uid)
+        encode_instance(ds, self.options.transfer_syntax)
 
         name = f"IM{series.files:06d}" + (".dcm" if self.options.dcm_names else "")
         final = series.dir / name
@@ -413,13 +424,17 @@ class SyntheticStudyWriter:
         """What names this run's UIDs and identities: preset, provenance (pack identity, model and
         input hashes, sampler settings, condition) and the options (plan, identity, UID root)."""
         o = self.options
-        return {
+        facts: dict[str, Any] = {
             "preset": self.preset.name,
             "provenance": self.provenance.to_json(),
             "plan": [o.patients, o.studies_per_patient, o.series_per_study, o.slices_per_series],
             "identity": asdict(o.identity),
             "uid_root": normalise_root(o.uid_root),
         }
+        if o.transfer_syntax.lossy:
+            # lossy pixels are other instances (new UIDs); a lossless syntax keeps the same instance
+            facts["lossy_compression"] = o.transfer_syntax.value
+        return facts
 
     def _check_open(self) -> None:
         if self._finished:
@@ -519,7 +534,7 @@ class SyntheticStudyWriter:
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = rows
         ds.Columns = cols
-        ds.BitsAllocated = 16
+        ds.BitsAllocated = enc.bits_allocated
         ds.BitsStored = enc.bits_stored
         ds.HighBit = enc.bits_stored - 1
         ds.PixelRepresentation = 1 if enc.signed else 0
@@ -567,7 +582,7 @@ class SyntheticStudyWriter:
                     stub[keyword] = template[keyword]
             stub.SOPInstanceUID = UID(rec.sop_instance_uid)
             stub.InstanceNumber = rec.instance_number
-            entries.append(DirEntry(stub, tuple(rec.path.split("/"))))
+            entries.append(DirEntry(stub, tuple(rec.path.split("/")), self.options.transfer_syntax.uid))
         data = build_dicomdir(entries, "MEDSYNTH", self._uids.uid("fileset"))
         atomic_write_bytes(self.out_dir / "DICOMDIR", data)
 
@@ -595,6 +610,8 @@ class SyntheticStudyWriter:
             "preset": self.preset.name,
             "modality": self.preset.modality.value,
             "sop_class_uid": self.preset.sop_class.value,
+            "transfer_syntax": {"name": self.options.transfer_syntax.value,
+                                "uid": str(self.options.transfer_syntax.uid)},
             "seed": self.options.seed,
             "uid_root": normalise_root(self.options.uid_root) or "2.25.",
             "uid_namespace": self.namespace,
@@ -638,6 +655,9 @@ def write_volume(volume: npt.ArrayLike, geometry: VolumeGeometry, preset: Preset
     arr, geometry = right_handed(arr, geometry)
     arr, encoding, windows, rescale = fit_volume(arr, preset)
     options = options or WriterOptions()
+    if options.transfer_syntax.eight_bit_only:
+        encoding = eight_bit_encoding(arr, encoding, preset.modality)
+        check_encoding(options.transfer_syntax, encoding, "the input's values")
     with SyntheticStudyWriter(out_dir, preset, options, provenance, force=force) as writer:
         if rescale is not None:
             writer.manifest_extra["intensity_rescaled"] = rescale
