@@ -30,19 +30,32 @@ PACKS = REPO / "src" / "medsynth" / "packs"
 STAGES = ("prepare", "train", "export", "evaluate")
 
 # Licence and attribution of every shared input (from ../shared/data/README.md), keyed by file name prefix.
+# An entry that contains one of RESTRICTED is never used to train a bundled pack (see check_licences).
 LICENCES: dict[str, str] = {
     "abdomen_pelvis_totalseg": "Apache-2.0; TotalSegmentator tests/reference_files/example_ct.nii.gz",
     "upper_abdomen_dicom": "Apache-2.0; TotalSegmentator tests/reference_files/example_ct_dicom",
     "cardiac_cta_totalseg": "Apache-2.0; TotalSegmentator reports' test files",
     "abdomen_mr_totalseg": "Apache-2.0; TotalSegmentator tests/reference_files/example_mr_sm.nii.gz",
     "chest_pyradiomics": "BSD-3-Clause; pyradiomics 3.1.0 sdist data/",
+    "chest_lungpetctdx": "CC BY 4.0; TCIA Lung-PET-CT-Dx, patient Lung_Dx-A0001 (via huyenbui117/lung_CT)",
+    "abdomen_pancreasctcbct": "CC BY 4.0; TCIA Pancreatic-CT-CBCT-SEG, patient Pancreas-CT-CB_001 (via pyvista/vtk-data)",
+    "covid_nysbu_axial_dicom": "CC BY 4.0; TCIA COVID-19-NY-SBU (via SaltyJoke/Image-Registration)",
+    "head_gantry_tilt_dicom": "BSD-2-Clause, but not for training (a reader stress case); neurolabusc/dcm_qa_ct In/GE",
     "brain_t1c_pyradiomics": "BSD-3-Clause; pyradiomics 3.1.0 sdist data/ (TCGA-GBM)",
-    "brain_t1_chris": "BSD; neurolabusc/MRIcron",
+    "brain_t1_chris": (
+        "licence unclear (the subject's own scans are distributed under CC BY-NC 4.0, non-commercial); "
+        "neurolabusc/MRIcron; reader tests only, not for training"
+    ),
     "brain_t1_colin27": "BSD; neurolabusc/MRIcron Resources/templates/ch2.nii.gz (Colin27)",
     "brain_stroke": "MIT; neurolabusc/VolumeRenderingData stroke/",
     "cardiac_lge_dicom": "MIT; CIBC-Internal/Seg3DData example_dicom (SCI Institute, University of Utah)",
+    "cardiac_cine_sunnybrook_dicom": "CC0 1.0; Sunnybrook Cardiac Data (Radau et al., MIDAS Journal 2009)",
     "pneumoniamnist": "CC BY 4.0; MedMNIST v2 PneumoniaMNIST (Yang et al. 2023), derived from Kermany et al. 2018",
+    "nih_cxr14_256": "unrestricted use; NIH Clinical Center ChestX-ray14 (Wang et al., CVPR 2017)",
+    "covid_hannover_256": "CC BY 3.0; Hannover Medical School covid-19-image-repository (Winther et al. 2020)",
+    "malaria_nih_cells": "public domain (NLM-produced, not copyrighted); NLM LHNCBC malaria cells (Rajaraman et al. 2018)",
 }
+RESTRICTED = ("unclear", "non-commercial", "not for training")
 
 
 def licence_of(name: str) -> str:
@@ -50,6 +63,18 @@ def licence_of(name: str) -> str:
         if name.startswith(prefix):
             return text
     return ""
+
+
+def check_licences(pid: str, recipe: dict[str, Any]) -> None:
+    """Stop (one line, exit status 1) when a recipe trains on an input without a known, redistributable licence."""
+    for part in recipe.get("prepare", []):
+        for item in part.get("inputs", []):
+            text = licence_of(Path(item).name)
+            if not text:
+                sys.exit(f"build_packs: [{pid}] input {item}: no licence recorded in LICENCES; refusing to train a bundled pack on it")
+            bad = [w for w in RESTRICTED if w in text.lower()]
+            if bad:
+                sys.exit(f"build_packs: [{pid}] input {item} is marked '{bad[0]}' ({text}); refusing to train a bundled pack on it")
 
 
 def medsynth(*args: str) -> None:
@@ -202,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = STAGES if args.stage == "all" else (args.stage,)
     for pid in ids:
         r = recipes[pid]
+        check_licences(pid, r)
         for st in stages:
             if st == "prepare":
                 stage_prepare(pid, r, args.work, args.shared)
