@@ -8,12 +8,13 @@ from typing import Any
 import click
 
 from medsynth.cli._common import echo_json, handle_errors
+from medsynth.cli.derived import derived_options
 from medsynth.push.options import push_options
 
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--modality", "-m", required=True, metavar="PRESET",
-              help="Preset: ct-pelvis, ct-abdomen, ct-chest, mr-brain, mr-cardiac, xr-chest.")
+@click.option("--modality", "-m", metavar="PRESET",
+              help="Preset: ct-pelvis, ct-abdomen, ct-chest, mr-brain, mr-cardiac, xr-chest (required unless --like/--variants-of).")
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (must be empty or new, unless --force).")
 @click.option("--patients", type=click.IntRange(1, 10000), default=1, show_default=True)
@@ -49,6 +50,7 @@ from medsynth.push.options import push_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
 @push_options(send_flag=True)
 @handle_errors
+@derived_options
 def generate(modality: str, out_dir: Path, patients: int, studies: int, series: int, slices: int,
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
              sampler: str | None, eta: float, guidance: float | None, model: Path | None,
@@ -67,6 +69,8 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
       medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
+      medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
+      medsynth generate --variants-of series/ --strength 0.5 --model ct-body-512 -o out/
     """
     from rich.console import Console
     from rich.progress import (
