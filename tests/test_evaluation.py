@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,21 @@ def _bundled() -> list[Path]:
     from medsynth.evaluation.packs import bundled_packs
 
     return bundled_packs()
+
+
+def test_regression_check_flags_a_worse_pack(ct_slices: np.ndarray) -> None:
+    from medsynth.evaluation.packs import quality_record, regressions
+
+    vols = np.repeat(np.arange(8), 14)
+    real = replace(_set(ct_slices), volumes=vols, positions=np.tile(np.arange(14, dtype=np.float32), 8))
+    good = replace(real, images=ct_slices[1::2], labels=real.labels[1::2], volumes=vols[1::2],
+                   positions=real.order[1::2])
+    rep = evaluate_sets(real, good, config=FAST)
+    rec = quality_record(rep, 56, 0, None)
+    assert regressions(rep, rec) == []  # the same numbers never regress
+    worse = replace(good, images=np.clip(good.images + 0.1, -1, 1))  # +150 HU
+    regs = regressions(evaluate_sets(real, worse, config=FAST), rec)
+    assert any(r.startswith("intensity.kl") for r in regs) and any("gate check 'intensity'" in r for r in regs)
 
 
 PACK_QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "pack_quality.json"
