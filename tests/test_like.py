@@ -55,6 +55,7 @@ def test_like_reproduces_geometry_and_technique(shared_data: Path, tmp_path: Pat
     first = pydicom.dcmread(files[0])
     real = pydicom.dcmread(next(p for p in sorted(source.iterdir()) if p.is_file()), stop_before_pixels=True)
     assert first.SyntheticData == "YES" and first.Modality == real.Modality
+    assert first.file_meta.TransferSyntaxUID == real.file_meta.TransferSyntaxUID  # CT: JPEG 2000 lossless
     assert float(first.SliceThickness) == pytest.approx(float(real.SliceThickness))
     for kw in kept:
         assert kw in first and str(first[kw].value) == str(real[kw].value), kw
@@ -110,6 +111,12 @@ def test_planted_phi_never_reaches_the_output(shared_data: Path, tmp_path: Path)
     assert "KVP" in {k["keyword"] for k in report["series"][0]["kept"]}
     dates = {str(pydicom.dcmread(p).StudyDate) for p in written if p.name.startswith("IM")}
     assert dates and "20011109" not in dates
+
+
+def test_transfer_syntax_option_overrides_the_source(shared_data: Path, tmp_path: Path) -> None:
+    _like(shared_data / "ct" / "upper_abdomen_dicom", tmp_path / "out", "--transfer-syntax", "explicit")
+    ds = pydicom.dcmread(next((tmp_path / "out").rglob("IM*")))
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
 
 
 def test_like_refuses_what_it_cannot_serve(shared_data: Path, tmp_path: Path) -> None:

@@ -107,6 +107,8 @@ class SeriesShape:
     condition: str
     inferred_from: str
     dropped: tuple[str, ...] = ()  # keywords present in the source and not copied
+    transfer_syntax: str = "explicit"  # a medsynth --transfer-syntax value
+    transfer_syntax_note: str = ""
 
     def kept(self) -> list[KeptAttribute]:
         """Every attribute kept, geometry included, with why."""
@@ -127,6 +129,9 @@ class SeriesShape:
         if self.patient_position is not None:
             out.append(KeptAttribute("PatientPosition", self.patient_position,
                                      "orientation of the patient on the table; defined term, not identifying"))
+        out.append(KeptAttribute("TransferSyntaxUID", self.transfer_syntax,
+                                 "file encoding (medsynth --transfer-syntax name); not identifying"
+                                 + (f"; {self.transfer_syntax_note}" if self.transfer_syntax_note else "")))
         return out + list(self.technique)
 
 
@@ -150,6 +155,7 @@ class LikeConfig:
     batch_size: int = 8
     force: bool = False
     reproducible_uids: bool = False
+    transfer_syntax: str | None = None  # None: the source's (when medsynth can write it)
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,20 @@ def _technique_value(ds: Dataset, keyword: str, kind: str) -> Any:
     if not all(_CODE.match(c) for c in codes):
         return None
     return codes[0] if len(codes) == 1 else codes
+
+
+def _source_syntax(ds: Dataset) -> tuple[str, str]:
+    """The source's transfer syntax as a medsynth ``--transfer-syntax`` name, and a note when it
+    cannot be reproduced (JPEG baseline is 8-bit only: explicit VR little endian instead)."""
+    from medsynth.dicom_io.transfer_syntax import TransferSyntax
+
+    uid = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    for ts in TransferSyntax:
+        if ts.uid == uid:
+            if ts is TransferSyntax.JPEG_BASELINE:
+                return TransferSyntax.EXPLICIT.value, "the source's JPEG baseline (8-bit) cannot hold CT/MR pixels"
+            return ts.value, ""
+    return TransferSyntax.EXPLICIT.value, f"the source's transfer syntax {uid or '(none)'} is not one medsynth writes"
 
 
 def _infer(modality: Modality, ds: Dataset, forced: str | None, condition: str | None) -> tuple[str, str, str]:
@@ -323,7 +343,9 @@ def read_source(source: Path, modality: str | None = None, condition: str | None
         dropped = tuple(sorted({el.keyword for el in ds if el.keyword and el.keyword not in kept_names
                                 and el.tag.group not in (0x0002,) and not el.tag.is_private} ))
         z, rows, cols = s.shape
+        ts_name, ts_note = _source_syntax(ds)
         shapes.append(SeriesShape(
+            transfer_syntax=ts_name, transfer_syntax_note=ts_note,
             modality=mod, matrix=(rows, cols), slices=z, geometry=s.geometry,
             slice_thickness_mm=float(thickness) if isinstance(thickness, float) else None,
             patient_position=position if position in PATIENT_POSITIONS else None,
@@ -424,8 +446,12 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
     notes: list[str] = []
     prov0 = Provenance(model_id=meta.model_id, model_sha256=pack.model_sha256, seed=seed,
                        condition=shapes[0].condition, software_version=__version__, pack_identity=pack.identity)
+    syntax = cfg.transfer_syntax or shapes[0].transfer_syntax
+    if cfg.transfer_syntax is None and shapes[0].transfer_syntax_note:
+        notes.append(f"transfer syntax: {shapes[0].transfer_syntax_note}; written as {syntax}")
     options = WriterOptions(patients=1, studies_per_patient=1, series_per_study=len(shapes),
-                            seed=seed if cfg.reproducible_uids else None)
+                            seed=seed if cfg.reproducible_uids else None,
+                            transfer_syntax=syntax)  # type: ignore[arg-type]  # parsed by WriterOptions
     total = sum(s.slices for s in shapes)
     done = 0
     series_reports: list[dict[str, Any]] = []

@@ -61,6 +61,15 @@ def derived_options(func: F) -> F:
     return out  # type: ignore[no-any-return]
 
 
+def _chosen(kw: dict[str, Any], name: str) -> Any:
+    """``kw[name]`` when the user gave the option, None when it is click's default."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or name not in kw:
+        return None
+    source = ctx.get_parameter_source(name)
+    return None if source in (None, click.core.ParameterSource.DEFAULT) else kw[name]
+
+
 class _LazyBar:
     """A rich progress bar shown from the first finished slice on (none before an early error)."""
 
@@ -95,7 +104,7 @@ def _like(source: Path, kw: dict[str, Any]) -> None:
                      seed=kw.get("seed"), sampler=kw.get("sampler"), steps=kw.get("steps"), guidance=kw.get("guidance"),
                      model=kw.get("model"), model_dir=kw.get("model_dir"), device=kw.get("device", "auto"),
                      threads=kw.get("threads"), batch_size=kw.get("batch_size", 8), force=kw.get("force", False),
-                     reproducible_uids=kw.get("reproducible_uids", False))
+                     reproducible_uids=kw.get("reproducible_uids", False), transfer_syntax=_chosen(kw, "transfer_syntax"))
     if kw.get("as_json"):
         echo_json(generate_like(cfg).to_json())
         return
