@@ -39,6 +39,7 @@ from medsynth.outputs import RunJournal, atomic_write, remove_previous_run, requ
 from medsynth.pack import ModelPack, bundled_packs_dir, load_pack
 from medsynth.presets import IntensityMapping, Preset, Window, get_preset
 from medsynth.sampling.runtime import DeviceName
+from medsynth.shard import Shard, check_shardable
 
 OutputFormat = Literal["dicom", "nifti", "png"]
 FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -80,6 +81,7 @@ class GenerateConfig:
     reproducible_uids: bool = False
     noise: NoiseSharing = "auto"
     transfer_syntax: str = "explicit"  # see medsynth.dicom_io.transfer_syntax.TransferSyntax
+    shard: Shard | None = None  # generate only this shard's patients (see medsynth.shard)
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -103,6 +105,10 @@ class GenerateConfig:
             raise ConfigError("--transfer-syntax needs --format dicom")
         if syntax.eight_bit_only:  # generated pixels are in the preset's 12-bit encoding
             check_encoding(syntax, PixelEncoding.for_preset(get_preset(self.modality)), f"{self.modality} pixels")
+        if self.shard is not None:
+            if self.format != "dicom":
+                raise ConfigError("--shard needs --format dicom (merge-shards merges DICOM runs)")
+            check_shardable(self.seed, self.reproducible_uids, self.patients, self.shard)
 
 
 @dataclass(frozen=True)
@@ -324,8 +330,13 @@ def _position_support(meta: Any, condition: str, notes: list[str]) -> tuple[floa
     return (0.0, 1.0)
 
 
+def _patients(cfg: GenerateConfig) -> range:
+    """The global indices of the patients this run samples (all, or its shard's)."""
+    return cfg.shard.patients(cfg.patients) if cfg.shard is not None else range(cfg.patients)
+
+
 def _items(cfg: GenerateConfig, n: int) -> Iterator[_Item]:
-    for p in range(cfg.patients):
+    for p in _patients(cfg):
         for s in range(cfg.studies):
             for r in range(cfg.series):
                 for k in range(n):
@@ -406,7 +417,7 @@ def generate(
             "batch_size": cfg.batch_size,
         }
     }
-    total = cfg.patients * cfg.studies * cfg.series * n_slices
+    total = len(_patients(cfg)) * cfg.studies * cfg.series * n_slices
     out_dir = Path(cfg.out_dir)
     window = preset.windows[0]
     preview_tiles: list[npt.NDArray[np.uint8]] = []
@@ -426,6 +437,8 @@ def generate(
                                 transfer_syntax=syntax)
         writer = SyntheticStudyWriter(out_dir, preset, options, provenance, force=cfg.force)
         writer.manifest_extra.update(run_info)
+        if cfg.shard is not None:  # merge-shards reads it
+            writer.manifest_extra["shard"] = {**cfg.shard.to_json(), "patients": list(_patients(cfg))}
     else:
         _prepare_plain_output(out_dir, cfg.force)
         sink = writer = _PlainSink(out_dir, cfg.format, preset, window)
@@ -471,7 +484,7 @@ def generate(
             assert spec is not None  # pack.is_latent
             decoder = open_image_model(pack, "decoder", cfg.device, cfg.threads)
             shape = (spec.channels, *spec.shape)
-            for p in range(cfg.patients):
+            for p in _patients(cfg):
                 for s in range(cfg.studies):
                     for r in range(cfg.series):
                         key = (p, s, r)
@@ -524,7 +537,7 @@ def generate(
         out_dir=out_dir, format=cfg.format, preset=preset.name, model_id=meta.model_id,
         model_sha256=pack.model_sha256, provider=denoiser.info.provider, threads=denoiser.info.threads,
         sampler=sampler_cfg.sampler, steps=sampler_cfg.steps, guidance=sampler_cfg.guidance, eta=sampler_cfg.eta,
-        condition=condition, seed=seed, series=cfg.patients * cfg.studies * cfg.series, slices=done,
+        condition=condition, seed=seed, series=len(_patients(cfg)) * cfg.studies * cfg.series, slices=done,
         files=len(manifest.get("files", [])), seconds=seconds, first_slice_s=first_slice or 0.0,
         manifest=out_dir / MANIFEST_NAME, preview=preview, notes=tuple(notes),
         stage_seconds={k: round(v, 3) for k, v in timer.seconds.items()},

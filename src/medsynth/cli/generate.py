@@ -12,6 +12,14 @@ from medsynth.cli.derived import derived_options
 from medsynth.push.options import push_options
 
 
+def _shard(text: str | None) -> Any:
+    """--shard I/N, else the Slurm array task's shard, else None; N = 1 means no sharding."""
+    from medsynth.shard import parse_shard, shard_from_env
+
+    found = parse_shard(text) if text else shard_from_env()
+    return found if found is not None and found.count > 1 else None
+
+
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--modality", "-m", metavar="PRESET",
               help="Preset: ct-pelvis, ct-abdomen, ct-chest, mr-brain, mr-cardiac, xr-chest (required unless --like/--variants-of).")
@@ -45,6 +53,10 @@ from medsynth.push.options import push_options
               type=click.Choice(["explicit", "implicit", "rle", "jpeg-ls", "jpeg2000", "jpeg2000-lossy", "jpeg-baseline"]),
               help="DICOM file encoding: explicit/implicit VR little endian, RLE, JPEG-LS or JPEG 2000 lossless, "
                    "JPEG 2000 lossy (ratio 10; new UIDs); jpeg-baseline is refused (generated pixels are 12-bit).")
+@click.option("--shard", metavar="I/N",
+              help="Write shard I of N (0-based: the patients p with p % N == I); default from "
+                   "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm array job (0/1 = no sharding). "
+                   "Needs --seed and --reproducible-uids; combine with medsynth merge-shards.")
 @click.option("--preview", is_flag=True, help="Also write preview.png, a contact sheet of the first slices.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (a previous run's files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
@@ -55,7 +67,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
              sampler: str | None, eta: float, guidance: float | None, model: Path | None,
              model_dir: Path | None, device: str, threads: int | None, batch_size: int, fmt: str,
-             transfer_syntax: str, preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
+             transfer_syntax: str, shard: str | None, preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
     """Sample synthetic slices with onnxruntime (no torch) and write a synthetic study.
 
     Sampler, steps and guidance default to the model pack's own settings. Slices are written as
@@ -68,6 +80,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
       medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
+      medsynth generate -m ct-chest --patients 100 --seed 1 --reproducible-uids --shard 0/4 -o run/shard0/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
       medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
       medsynth generate --variants-of series/ --strength 0.5 --model ct-body-512 -o out/
@@ -98,6 +111,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         model_dir=model_dir, device=device,  # type: ignore[arg-type]
         threads=threads, batch_size=batch_size, format=fmt,  # type: ignore[arg-type]
         preview=preview, force=force, reproducible_uids=reproducible_uids, transfer_syntax=transfer_syntax,
+        shard=_shard(shard),
     )
     if as_json:
         summary = run_generate(cfg).to_json()

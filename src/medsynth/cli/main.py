@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "export": "medsynth.cli.export:export",
     "train-autoencoder": "medsynth.cli.latent:train_autoencoder_cmd",
     "train-latent": "medsynth.cli.latent:train_latent_cmd",
+    "merge-shards": "medsynth.cli.merge:merge_shards",
 }
 
 # one-line help shown in `medsynth --help` without importing the command's module
@@ -39,6 +40,7 @@ SHORT_HELP: dict[str, str] = {
     "models": "List the model packs with their model cards.",
     "push": "Send a DICOM folder to a PACS (C-STORE or DICOMweb STOW-RS).",
     "evaluate": "Measure synthetic images against real ones (SSIM, FID, memorisation...).",
+    "merge-shards": "Merge the shard folders of one generate --shard run into one folder.",
 }
 
 

@@ -443,7 +443,8 @@ class SyntheticStudyWriter:
     def _patient(self, index: int) -> tuple[PatientIdentity, int]:
         if index not in self._patients:
             ident = make_patient(self.options.identity, self._entropy, index, self.options.studies_per_patient)
-            self._patients[index] = (ident, self._uids.uid("patient", index), len(self._patients))
+            # the folder is named by the global patient index (a --shard run writes PT000001 for patient 1)
+            self._patients[index] = (ident, self._uids.uid("patient", index), index)
         ident, _, dir_idx = self._patients[index]
         return ident, dir_idx
 
