@@ -113,6 +113,32 @@ def test_planted_phi_never_reaches_the_output(shared_data: Path, tmp_path: Path)
     assert dates and "20011109" not in dates
 
 
+def test_like_keeps_the_series_structure_of_a_study(shared_data: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    files = sorted((shared_data / "ct" / "upper_abdomen_dicom").iterdir())[:4]
+    for series, (kvp, kernel) in enumerate([(120, "Br38f"), (100, "B70f")]):
+        uid = pydicom.uid.generate_uid()
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.KVP, ds.ConvolutionKernel = "1.2.3.4", uid, kvp, kernel
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.save_as(study / f"s{series}_{i}.dcm")
+    _like(study, tmp_path / "out", "--transfer-syntax", "explicit")
+    out = [pydicom.dcmread(p) for p in sorted((tmp_path / "out").rglob("IM*"))]
+    assert len(out) == 8 and len({d.StudyInstanceUID for d in out}) == 1 and len({d.SeriesInstanceUID for d in out}) == 2
+    assert {(int(d.SeriesNumber), float(d.KVP), str(d.ConvolutionKernel)) for d in out} == {(1, 120.0, "Br38f"),
+                                                                                           (2, 100.0, "B70f")}
+    report = json.loads((tmp_path / "out" / "like_report.json").read_text())
+    assert [s["series"] for s in report["series"]] == [1, 2]
+    for f in study.glob("s1_*.dcm"):  # the second series now belongs to another study
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = "1.2.3.5"
+        ds.save_as(f)
+    res = CliRunner().invoke(cli, ["generate", "--like", str(study), "-o", str(tmp_path / "o2")])
+    assert res.exit_code != 0 and "more than one study" in res.output
+
+
 def test_transfer_syntax_option_overrides_the_source(shared_data: Path, tmp_path: Path) -> None:
     _like(shared_data / "ct" / "upper_abdomen_dicom", tmp_path / "out", "--transfer-syntax", "explicit")
     ds = pydicom.dcmread(next((tmp_path / "out").rglob("IM*")))

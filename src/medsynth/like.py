@@ -310,8 +310,13 @@ def read_source(source: Path, modality: str | None = None, condition: str | None
         why = result.skipped[0].reason if result.skipped else "no DICOM image files"
         raise InputError(f"no usable image series ({why})", source)
     shapes: list[SeriesShape] = []
+    studies: set[str] = set()
     for s in result.series:
         ds = pydicom.dcmread(s.files[0], stop_before_pixels=True)
+        studies |= {_text(ds, "StudyInstanceUID")} - {""}
+        if len(studies) > 1:
+            raise UnsupportedInputError("the folder holds more than one study; pass one series or study folder",
+                                        source)
         try:
             mod = Modality(s.facts.modality)
         except ValueError:
