@@ -429,6 +429,17 @@ class _ShapedWriter(SyntheticStudyWriter):
         return ds
 
 
+def _offset(on_slice: Callable[[int, int], None] | None, base: int, total: int) -> Callable[[int, int], None] | None:
+    """Progress of one series' sampling as progress of the whole run."""
+    if on_slice is None:
+        return None
+
+    def report(done: int, _n: int) -> None:
+        on_slice(base + done, total)
+
+    return report
+
+
 def _slot_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(7, index)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -469,16 +480,16 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
                     modality=s_preset.name, out_dir=Path(tmp) / "run", slices=shape.slices, condition=shape.condition,
                     seed=_slot_seed(seed, index), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
                     model=cfg.model, model_dir=cfg.model_dir, device=cfg.device, threads=cfg.threads,
-                    batch_size=cfg.batch_size, format="nifti", reproducible_uids=True))
+                    batch_size=cfg.batch_size, format="nifti", reproducible_uids=True),
+                    on_slice=_offset(on_slice, done, total))
                 nifti = next(Path(tmp, "run").rglob("*.nii.gz"))
                 img = sitk.ReadImage(str(nifti))
                 synth = sitk.GetArrayFromImage(img).astype(np.float64)
                 pack_spacing = (float(img.GetSpacing()[1]), float(img.GetSpacing()[0]))
             target_spacing = (shape.geometry.spacing[1], shape.geometry.spacing[0])
             series_notes: list[str] = []
-            if synth.shape[1:] != shape.matrix or not np.allclose(pack_spacing, target_spacing, rtol=1e-4):
-                background = meta.physical_range[0]
-                synth = resample_inplane(synth, pack_spacing, shape.matrix, target_spacing, background)
+            resample = synth.shape[1:] != shape.matrix or not np.allclose(pack_spacing, target_spacing, rtol=1e-4)
+            if resample:
                 series_notes.append(
                     f"series {index + 1}: the pack's {res.slices} slices of {img.GetSize()[1]}x{img.GetSize()[0]} at "
                     f"{pack_spacing[0]:g}x{pack_spacing[1]:g} mm were resampled in-plane (linear, centres aligned) "
@@ -489,11 +500,11 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
                                         condition=shape.condition, seed=res.seed)
             writer.shape = shape
             writer.begin_series(shape.geometry, shape.matrix, patient=0, study=0)
-            for k in range(shape.slices):
-                writer.write_slice(k, synth[k])
-                done += 1
-                if on_slice is not None:
-                    on_slice(done, total)
+            for k in range(shape.slices):  # one slice resampled at a time: memory is one output slice
+                pixels = synth[k] if not resample else resample_inplane(
+                    synth[k:k + 1], pack_spacing, shape.matrix, target_spacing, meta.physical_range[0])[0]
+                writer.write_slice(k, pixels)
+            done += shape.slices
             series_reports.append({
                 "series": index + 1, "preset": shape.preset, "condition": shape.condition,
                 "inferred_from": shape.inferred_from, "model_id": res.model_id, "sampler": res.sampler,
