@@ -123,3 +123,18 @@ def test_variants_refusals(shared_data: Path, latent_pack: Path, tmp_path: Path)
         assert res.exit_code == 2, res.output
     res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--strength", "0.5", "-o", str(tmp_path / "o4")])
     assert res.exit_code == 2 and "--strength needs --variants-of" in res.output
+
+
+def test_like_with_a_latent_pack(shared_data: Path, latent_pack: Path, tmp_path: Path) -> None:
+    """``--like`` through a latent pack: the same source geometry, pixels from the latent sampler."""
+    source = shared_data.joinpath(*SOURCE)
+    res = CliRunner().invoke(cli, ["generate", "--like", str(source), "--model", str(latent_pack), "--steps", "1",
+                                   "--seed", "2", "--threads", "1", "--transfer-syntax", "explicit", "-o",
+                                   str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "out").rglob("IM*"))
+    real = pydicom.dcmread(next(p for p in sorted(source.iterdir())), stop_before_pixels=True)
+    ds = pydicom.dcmread(files[0])
+    assert len(files) == len(list(source.iterdir())) and (ds.Rows, ds.Columns) == (real.Rows, real.Columns)
+    assert ds.ManufacturerModelName == "medsynth ct-body" and ds.SyntheticData == "YES"
+    assert _dciodvfy_errors(files[0]) == []
