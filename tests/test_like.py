@@ -170,3 +170,23 @@ def test_read_source_and_resample(shared_data: Path) -> None:
     assert up.shape == (1, 32, 32) and up[0, 16, 16] == pytest.approx(100.0) and up[0, 0, 0] == pytest.approx(0.0)
     far = resample_inplane(vol, (1.0, 1.0), (16, 16), (1.0, 1.0), background=-5.0)
     assert far[0, 0, 0] == -5.0 and far[0, 8, 8] == pytest.approx(100.0)
+
+
+def test_kept_text_is_screened_against_the_header(shared_data: Path, tmp_path: Path) -> None:
+    files = sorted((shared_data / "mr" / "cardiac_lge_dicom").iterdir())[:3]
+
+    def shape_with(**attrs: str) -> set[str]:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            for k, v in attrs.items():
+                setattr(ds, k, v)
+            ds.save_as(folder / f"{i}.dcm")
+        (shape,) = read_source(folder)
+        return {k.keyword for k in shape.technique}
+
+    # a description word inside a technique code is no reason to drop it ...
+    assert "SequenceName" in shape_with(SeriesDescription="tfl lge heart")
+    # ... a patient's name inside it is
+    assert "SequenceName" not in shape_with(PatientName="Tfl3d1^Anna", SeriesDescription="lge heart")

@@ -192,15 +192,21 @@ def _text(ds: Dataset, keyword: str) -> str:
         return ""
 
 
-def identifying_values(ds: Dataset) -> set[str]:
-    """Upper-case identifying strings of a source header (names split into parts, ≥ 3 characters)."""
-    out: set[str] = set()
+_DESCRIPTIONS = {"StudyDescription", "SeriesDescription", "ProtocolName", "PatientComments"}
+
+
+def identifying_values(ds: Dataset) -> tuple[set[str], set[str]]:
+    """Upper-case identifying strings of a source header, split into parts of ≥ 3 characters:
+    (parts of names, IDs, dates, places and devices — a kept value must not *contain* one; words of
+    free-text descriptions — a kept value must not *equal* one, so "TSE" in a description does not
+    ban the sequence name "tse2d1_16")."""
+    strong: set[str] = set()
+    words: set[str] = set()
     for kw in IDENTIFYING:
-        text = _text(ds, kw)
-        for part in re.split(r"[\^\\ ,]+", text):
+        for part in re.split(r"[\^\\ ,]+", _text(ds, kw)):
             if len(part.strip()) >= 3:
-                out.add(part.strip().upper())
-    return out
+                (words if kw in _DESCRIPTIONS else strong).add(part.strip().upper())
+    return strong, words
 
 
 def _technique_value(ds: Dataset, keyword: str, kind: str) -> Any:
@@ -326,14 +332,14 @@ def read_source(source: Path, modality: str | None = None, condition: str | None
             raise UnsupportedInputError(f"--like supports CT and MR series, not {mod.value}", source)
         preset, cond, why = _infer(mod, ds, modality, condition)
         table = CT_TECHNIQUE if mod is Modality.CT else MR_TECHNIQUE
-        banned = identifying_values(ds)
+        strong, words = identifying_values(ds)
         kept: list[KeptAttribute] = []
         for kw, (kind, reason) in table.items():
             value = _technique_value(ds, kw, kind)
             if value is None:
                 continue
             texts = value if isinstance(value, list) else [value]
-            if kind == "code" and any(str(t).upper() in banned or any(b in str(t).upper() for b in banned)
+            if kind == "code" and any(str(t).upper() in words or any(b in str(t).upper() for b in strong)
                                       for t in texts):
                 continue  # holds an identifying value of this header: never copied
             kept.append(KeptAttribute(kw, value, reason))
