@@ -43,8 +43,8 @@ def volume_halves(volumes: npt.ArrayLike, positions: npt.ArrayLike | None, seed:
     """Split indices ``0..N-1`` into halves A and B with no volume on both sides.
 
     Volumes are grouped by their (most common) label, shuffled (seeded), ordered largest first
-    within each label and dealt A, B, B, A, A, B, … (one running sequence over the labels), so the
-    halves are balanced in volumes (patients) per condition and roughly in slices: a chest-only half
+    within each label, and each goes to the half with fewer volumes of its label (ties: fewer slices
+    so far), so the halves are balanced in volumes (patients) per condition and roughly in slices: a chest-only half
     against an abdomen-only half would make the real-vs-real baseline measure anatomy, not realism.
     With one volume only, the slices (ordered by ``positions``) are cut into blocks of
     :data:`BLOCK_SLICES` dealt alternately to A and B, dropping :data:`GAP_SLICES` slices at each
@@ -61,7 +61,14 @@ def volume_halves(volumes: npt.ArrayLike, positions: npt.ArrayLike | None, seed:
         sizes = {int(v): int(np.sum(vol == v)) for v in ids}
         label_of = {int(v): int(np.bincount(lab[vol == v] - lab.min()).argmax()) for v in ids}
         order = sorted(rng.permutation(ids).tolist(), key=lambda v: (label_of[v], -sizes[v]))
-        side = {v: (0, 1, 1, 0)[k % 4] for k, v in enumerate(order)}
+        side: dict[int, int] = {}
+        per_label: dict[tuple[int, int], int] = {}
+        slices = [0, 0]
+        for v in order:  # to the side with fewer volumes of this label; ties: fewer slices; then A
+            k = min((0, 1), key=lambda h: (per_label.get((label_of[v], h), 0), slices[h], h))
+            side[v] = k
+            per_label[(label_of[v], k)] = per_label.get((label_of[v], k), 0) + 1
+            slices[k] += sizes[v]
         in_a = np.array([side[int(v)] == 0 for v in vol])
         return Split(np.flatnonzero(in_a).astype(np.int64), np.flatnonzero(~in_a).astype(np.int64), "volumes",
                      sum(1 for s in side.values() if s == 0), sum(1 for s in side.values() if s == 1))
