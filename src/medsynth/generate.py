@@ -82,6 +82,7 @@ class GenerateConfig:
     noise: NoiseSharing = "auto"
     transfer_syntax: str = "explicit"  # see medsynth.dicom_io.transfer_syntax.TransferSyntax
     shard: Shard | None = None  # generate only this shard's patients (see medsynth.shard)
+    identity: Any = None  # medsynth.dicom_io.identity.IdentityOptions (None: the defaults); e.g. from a cohort
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -434,7 +435,8 @@ def generate(
         syntax = TransferSyntax.parse(cfg.transfer_syntax)
         options = WriterOptions(patients=cfg.patients, studies_per_patient=cfg.studies, series_per_study=cfg.series,
                                 slices_per_series=n_slices, seed=seed if cfg.reproducible_uids else None,
-                                transfer_syntax=syntax)
+                                transfer_syntax=syntax,
+                                **({"identity": cfg.identity} if cfg.identity is not None else {}))
         writer = SyntheticStudyWriter(out_dir, preset, options, provenance, force=cfg.force)
         writer.manifest_extra.update(run_info)
         if cfg.shard is not None:  # merge-shards reads it

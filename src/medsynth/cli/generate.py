@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from medsynth.cli._common import echo_json, handle_errors
+from medsynth.cli.cohort import cohort_option
 from medsynth.cli.derived import derived_options
 from medsynth.push.options import push_options
 
@@ -62,6 +63,7 @@ def _shard(text: str | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
 @push_options(send_flag=True)
 @handle_errors
+@cohort_option
 @derived_options
 def generate(modality: str, out_dir: Path, patients: int, studies: int, series: int, slices: int,
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
@@ -83,6 +85,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-chest --patients 100 --seed 1 --reproducible-uids --shard 0/4 -o run/shard0/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
       medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
+      medsynth generate --cohort examples/cohort_small.toml -o cohort/
       medsynth generate --variants-of series/ --strength 0.5 --model ct-body-512 -o out/
     """
     from rich.console import Console
