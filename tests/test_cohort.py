@@ -100,3 +100,26 @@ def test_bad_cohort_files_are_refused_in_one_line(tmp_path: Path, text: str, mes
 def test_cohort_refuses_options_it_sets(tmp_path: Path) -> None:
     code, output = run("generate", "--cohort", str(EXAMPLE), "-m", "ct-chest", "-o", str(tmp_path / "o"))
     assert code != 0 and "--modality cannot be combined with --cohort" in output
+
+
+def test_example_cohort_pushes_into_orthanc(cohort_out: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`medsynth push OUT` sends every group; Orthanc's REST and QIDO-RS answers show the cohort."""
+    from _orthanc import start_orthanc
+
+    try:
+        pacs = start_orthanc(tmp_path_factory.mktemp("orthanc-cohort"), aet="COHORTPACS", dicomweb=True)
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        code, text = run("push", str(cohort_out), "--host", "127.0.0.1", "--port", str(pacs.dicom_port),
+                         "--called-aet", pacs.aet, "--timeout", "10", "--no-progress", "--json")
+        assert code == 0, text
+        summary = json.loads((cohort_out / "cohort.json").read_text())
+        assert len(pacs.get_json("/patients")) == summary["patients"]
+        assert len(pacs.get_json("/studies")) == summary["studies"]
+        assert len(pacs.get_json("/instances")) == summary["files"]
+        qido = pacs.get_json("/dicom-web/studies?ModalitiesInStudy=MR")
+        mr_studies = sum(g["patients"] * g["studies_per_patient"] for g in summary["groups"] if g["preset"] == "mr-brain")
+        assert len(qido) == mr_studies
+    finally:
+        pacs.stop()
