@@ -54,8 +54,9 @@ def test_example_cohort_generates_as_planned(cohort_out: Path) -> None:
         if g["preset"] == "mr-brain":
             assert len({d.StudyInstanceUID for d in dsets}) == 2 * planned.patients  # prior + current
             assert all("FLAIR" in d.SeriesDescription.upper() for d in dsets)
-        errors, _ = dciodvfy(files[0])
-        assert errors == [], (g["folder"], errors)
+        for f in files:
+            errors, _ = dciodvfy(f)
+            assert errors == [], (f, errors)
 
 
 def test_cohort_is_reproducible(tmp_path: Path) -> None:
