@@ -10,9 +10,10 @@ slices: the mean (min–max) SSIM to the nearest source slice (model space, pack
 own encode→decode SSIM (the ceiling a variant can reach), and the mean |variant − reconstruction|.
 Baseline: the nearest *other* real slice of the same sources (what a different real slice scores).
 
-Without a bundled latent pack (``src/medsynth/packs/ct-body-512``) the script trains the tiny pack of
-tests/test_variants.py (seconds, untrained: its SSIMs show the mechanics, not quality) and uses
-``ct/upper_abdomen_dicom`` (not in that pack's training data). ct-body-512 was trained on
+Without a bundled latent pack (``src/medsynth/packs/ct-body-512``) the script trains the tiny
+architecture of tests/test_variants.py for ``--train-steps AE LD`` steps (default 4 4: untrained, its
+SSIMs show the mechanics only; 1500 1500 takes a few CPU-minutes) on the abdomen of
+ct/abdomen_pelvis_totalseg and uses ``ct/upper_abdomen_dicom`` (another patient, not in its training data). ct-body-512 was trained on
 upper_abdomen_dicom, so with it the default source is the held-out ``ct/covid_nysbu_axial_dicom``.
 """
 
@@ -40,8 +41,11 @@ from medsynth.variants import VariantsConfig, make_variants, to_model_space  # n
 DATA = REPO.parent / "shared" / "data"
 
 
-def tiny_pack(root: Path) -> Path:
-    """The tiny latent pack of tests/test_variants.py (needs torch)."""
+def tiny_pack(root: Path, ae_steps: int, ld_steps: int) -> Path:
+    """The tiny latent architecture of tests/test_variants.py trained for ``ae_steps``/``ld_steps``
+    steps (1 thread) on the abdomen part of ct/abdomen_pelvis_totalseg (z 0.3–1; needs torch)."""
+    import dataclasses
+
     from medsynth.latent.autoencoder import train_autoencoder
     from medsynth.latent.denoiser import train_latent
     from medsynth.latent.export import export_latent_pack
@@ -50,9 +54,13 @@ def tiny_pack(root: Path) -> Path:
 
     ds = root / "data"
     prepare_dataset([DATA / "ct" / "abdomen_pelvis_totalseg.nii.gz"], ds,
-                    PrepareConfig(preset="ct-pelvis", label="pelvis", z_range=ZRange.parse("0:0.45")))
-    train_autoencoder(ds, root / "ae", TINY_AE, threads=1, show_progress=False)
-    train_latent(ds, root / "ae", root / "ld", TINY_LD, threads=1, show_progress=False)
+                    PrepareConfig(preset="ct-pelvis", label="abdomen", z_range=ZRange.parse("0.3:1")))
+    ae = dataclasses.replace(TINY_AE, steps=ae_steps, checkpoint_every=max(2, ae_steps // 10),
+                             whole_slice_steps=max(1, ae_steps // 75))
+    ld = dataclasses.replace(TINY_LD, steps=ld_steps, checkpoint_every=max(2, ld_steps // 10),
+                             warmup_steps=max(2, ld_steps // 150))
+    train_autoencoder(ds, root / "ae", ae, threads=1, show_progress=False)
+    train_latent(ds, root / "ae", root / "ld", ld, threads=1, show_progress=False)
     export_latent_pack(root / "ae", root / "ld", root / "pack" / "ct-body", steps=10, guidance=1.5)
     return root / "pack" / "ct-body"
 
@@ -91,6 +99,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--train-steps", type=int, nargs=2, default=[4, 4], metavar=("AE", "LD"),
+                    help="without a bundled/given pack: autoencoder and denoiser steps of the tiny pack")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as tmp:
@@ -100,7 +110,9 @@ def main() -> None:
         elif (bundled / "pack.json").is_file():
             pack, kind = bundled, "ct-body-512 (bundled)"
         else:
-            pack, kind = tiny_pack(Path(tmp)), "tiny untrained pack (tests/test_variants.py recipe)"
+            ae_steps, ld_steps = args.train_steps
+            pack = tiny_pack(Path(tmp), ae_steps, ld_steps)
+            kind = f"tiny pack (tests/test_variants.py architecture, {ae_steps} AE + {ld_steps} denoiser steps)"
             args.steps = args.steps or 10
         default_src = DATA / "ct" / ("covid_nysbu_axial_dicom" if "512" in kind else "upper_abdomen_dicom")
         sources = sources_of(args.source or [default_src])
