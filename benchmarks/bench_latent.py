@@ -34,7 +34,8 @@ from pathlib import Path
 from medsynth.generate import GenerateConfig, generate
 t0 = time.perf_counter()
 r = generate(GenerateConfig(modality="ct-pelvis", out_dir=Path(sys.argv[1]), model=Path(sys.argv[2]), seed=int(sys.argv[3])))
-print(json.dumps({"wall": time.perf_counter() - t0, "stages": r.stage_seconds, "slices": r.slices,
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime, "stages": r.stage_seconds, "slices": r.slices,
                   "steps": r.steps, "guidance": r.guidance, "sampler": r.sampler,
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -119,7 +120,8 @@ def main() -> None:
     runs = generate_runs(args.pack, args.repeats)
     walls = sorted(r["wall"] for r in runs)
     med = runs[[r["wall"] for r in runs].index(walls[len(walls) // 2])]
-    report: dict = {"generate_32_slices": runs, "median": med, "cpu_count": os.cpu_count()}
+    report: dict = {"generate_32_slices": runs, "median": med, "cpu_count": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg()}
     if args.ae_run and args.latent_run:
         report["runtime"] = runtime_comparison(args.pack, args.ae_run, args.latent_run, args.slices, args.threads)
     print(json.dumps(report, indent=2))
@@ -129,7 +131,8 @@ def main() -> None:
     print("\n| stage | seconds (median run) |\n|---|---|")
     for k in ("denoiser", "decoder", "write"):
         print(f"| {k} | {st.get(k, 0):.1f} |")
-    print(f"| **total wall** (incl. start-up) | {med['wall']:.1f} |\n| peak RSS | {med['rss_mib']:.0f} MiB |")
+    print(f"| **total wall** (incl. start-up) | {med['wall']:.1f} |\n| process CPU seconds | {med['cpu_s']:.1f} |\n"
+          f"| peak RSS | {med['rss_mib']:.0f} MiB |\n\nload average at start: {report['load_average_at_start']}")
     if "runtime" in report:
         rt = report["runtime"]
         print(f"\nonnxruntime {rt['onnxruntime']['seconds']:.1f} s vs PyTorch {rt['pytorch']['seconds']:.1f} s for "
