@@ -190,3 +190,20 @@ def test_kept_text_is_screened_against_the_header(shared_data: Path, tmp_path: P
     assert "SequenceName" in shape_with(SeriesDescription="tfl lge heart")
     # ... a patient's name inside it is
     assert "SequenceName" not in shape_with(PatientName="Tfl3d1^Anna", SeriesDescription="lge heart")
+
+
+def test_like_for_several_patients(shared_data: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in sorted((shared_data / "ct" / "upper_abdomen_dicom").iterdir())[:3]:
+        shutil.copy(f, src / f.name)
+    summary = _like(src, tmp_path / "out", "--patients", "2", "--transfer-syntax", "explicit")
+    assert summary["series"] == 2 and summary["slices"] == 6
+    out = [pydicom.dcmread(p) for p in sorted((tmp_path / "out").rglob("IM*"))]
+    assert len({d.PatientID for d in out}) == 2 and len({d.StudyInstanceUID for d in out}) == 2
+    assert len({(d.Rows, d.Columns, str(d.PixelSpacing)) for d in out}) == 1
+    by_patient: dict[str, list[np.ndarray]] = {}
+    for d in sorted(out, key=lambda d: int(d.InstanceNumber)):
+        by_patient.setdefault(str(d.PatientID), []).append(d.pixel_array)
+    a, b = by_patient.values()
+    assert not np.array_equal(a[0], b[0])  # each patient is sampled with its own seed

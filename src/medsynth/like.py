@@ -156,6 +156,11 @@ class LikeConfig:
     force: bool = False
     reproducible_uids: bool = False
     transfer_syntax: str | None = None  # None: the source's (when medsynth can write it)
+    patients: int = 1  # synthetic patients, each with one study shaped like the source
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.patients <= 10000:
+            raise ConfigError(f"--patients must be between 1 and 10000, got {self.patients}")
 
 
 @dataclass(frozen=True)
@@ -446,8 +451,9 @@ def _offset(on_slice: Callable[[int, int], None] | None, base: int, total: int) 
     return report
 
 
-def _slot_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence(seed, spawn_key=(7, index)).generate_state(1, dtype=np.uint64)[0] >> 1)
+def _slot_seed(seed: int, patient: int, index: int) -> int:
+    """The sampling seed of source series ``index`` for synthetic patient ``patient``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(7, patient, index)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None = None) -> LikeResult:
@@ -471,30 +477,43 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
     syntax = cfg.transfer_syntax or shapes[0].transfer_syntax
     if cfg.transfer_syntax is None and shapes[0].transfer_syntax_note:
         notes.append(f"transfer syntax: {shapes[0].transfer_syntax_note}; written as {syntax}")
-    options = WriterOptions(patients=1, studies_per_patient=1, series_per_study=len(shapes),
+    options = WriterOptions(patients=cfg.patients, studies_per_patient=1, series_per_study=len(shapes),
                             seed=seed if cfg.reproducible_uids else None,
                             transfer_syntax=syntax)  # type: ignore[arg-type]  # parsed by WriterOptions
-    total = sum(s.slices for s in shapes)
+    total = cfg.patients * sum(s.slices for s in shapes)
     done = 0
     series_reports: list[dict[str, Any]] = []
     writer = _ShapedWriter(cfg.out_dir, preset, options, prov0, force=cfg.force)
     with writer:
-        for index, shape in enumerate(shapes):
+        for patient, index in ((p, i) for p in range(cfg.patients) for i in range(len(shapes))):
+            shape = shapes[index]
             s_preset = get_preset(shape.preset)
             with tempfile.TemporaryDirectory(prefix="medsynth-like-") as tmp:
                 res = generate(GenerateConfig(
                     modality=s_preset.name, out_dir=Path(tmp) / "run", slices=shape.slices, condition=shape.condition,
-                    seed=_slot_seed(seed, index), sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                    model=cfg.model, model_dir=cfg.model_dir, device=cfg.device, threads=cfg.threads,
-                    batch_size=cfg.batch_size, format="nifti", reproducible_uids=True),
+                    seed=_slot_seed(seed, patient, index), sampler=cfg.sampler, steps=cfg.steps,
+                    guidance=cfg.guidance, model=cfg.model, model_dir=cfg.model_dir, device=cfg.device,
+                    threads=cfg.threads, batch_size=cfg.batch_size, format="nifti", reproducible_uids=True),
                     on_slice=_offset(on_slice, done, total))
                 nifti = next(Path(tmp, "run").rglob("*.nii.gz"))
                 img = sitk.ReadImage(str(nifti))
                 synth = sitk.GetArrayFromImage(img).astype(np.float64)
                 pack_spacing = (float(img.GetSpacing()[1]), float(img.GetSpacing()[0]))
             target_spacing = (shape.geometry.spacing[1], shape.geometry.spacing[0])
-            series_notes: list[str] = []
             resample = synth.shape[1:] != shape.matrix or not np.allclose(pack_spacing, target_spacing, rtol=1e-4)
+            writer.provenance = replace(prov0, sampler=res.sampler, steps=res.steps, guidance=res.guidance,
+                                        condition=shape.condition, seed=res.seed)
+            writer.shape = shape
+            writer.begin_series(shape.geometry, shape.matrix, patient=patient, study=0)
+            for k in range(shape.slices):  # one slice resampled at a time: memory is one output slice
+                pixels = synth[k] if not resample else resample_inplane(
+                    synth[k:k + 1], pack_spacing, shape.matrix, target_spacing, meta.physical_range[0])[0]
+                writer.write_slice(k, pixels)
+            done += shape.slices
+            if patient > 0:
+                series_reports[index]["seeds"].append(res.seed)
+                continue
+            series_notes: list[str] = []
             if resample:
                 series_notes.append(
                     f"series {index + 1}: the pack's {res.slices} slices of {img.GetSize()[1]}x{img.GetSize()[0]} at "
@@ -502,25 +521,17 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
                     f"onto {shape.matrix[0]}x{shape.matrix[1]} at {target_spacing[0]:g}x{target_spacing[1]:g} mm; "
                     f"slice k is synthetic slice k (placed at the source's {shape.geometry.spacing[2]:g} mm spacing)")
             notes.extend(series_notes)
-            writer.provenance = replace(prov0, sampler=res.sampler, steps=res.steps, guidance=res.guidance,
-                                        condition=shape.condition, seed=res.seed)
-            writer.shape = shape
-            writer.begin_series(shape.geometry, shape.matrix, patient=0, study=0)
-            for k in range(shape.slices):  # one slice resampled at a time: memory is one output slice
-                pixels = synth[k] if not resample else resample_inplane(
-                    synth[k:k + 1], pack_spacing, shape.matrix, target_spacing, meta.physical_range[0])[0]
-                writer.write_slice(k, pixels)
-            done += shape.slices
             series_reports.append({
                 "series": index + 1, "preset": shape.preset, "condition": shape.condition,
                 "inferred_from": shape.inferred_from, "model_id": res.model_id, "sampler": res.sampler,
-                "steps": res.steps, "guidance": res.guidance, "seed": res.seed,
+                "steps": res.steps, "guidance": res.guidance, "seeds": [res.seed],
                 "kept": [asdict(k) for k in shape.kept()],
                 "not_copied": list(shape.dropped), "notes": series_notes,
             })
         report = {
             "format_version": 1, "software": f"medsynth {__version__}", "profile": BASIC_PROFILE,
-            "source": {"series": len(shapes), "instances": total},
+            "source": {"series": len(shapes), "instances": sum(s.slices for s in shapes)},
+            "patients": cfg.patients,
             "identity": "patient, study, dates, UIDs and descriptions are synthetic (medsynth's writer); "
                         "no identifying value of the source was copied",
             "replaced": ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
@@ -536,7 +547,7 @@ def generate_like(cfg: LikeConfig, on_slice: Callable[[int, int], None] | None =
     report_path = Path(cfg.out_dir) / REPORT_NAME
     atomic_write_json(report_path, report)
     return LikeResult(out_dir=Path(cfg.out_dir), report=report_path, manifest=Path(cfg.out_dir) / "manifest.json",
-                      preset=preset.name, model_id=meta.model_id, series=len(shapes), slices=done,
+                      preset=preset.name, model_id=meta.model_id, series=cfg.patients * len(shapes), slices=done,
                       files=len(manifest.get("files", [])), seed=seed, notes=tuple(notes))
 
 

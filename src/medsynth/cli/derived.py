@@ -104,7 +104,8 @@ def _like(source: Path, kw: dict[str, Any]) -> None:
                      seed=kw.get("seed"), sampler=kw.get("sampler"), steps=kw.get("steps"), guidance=kw.get("guidance"),
                      model=kw.get("model"), model_dir=kw.get("model_dir"), device=kw.get("device", "auto"),
                      threads=kw.get("threads"), batch_size=kw.get("batch_size", 8), force=kw.get("force", False),
-                     reproducible_uids=kw.get("reproducible_uids", False), transfer_syntax=_chosen(kw, "transfer_syntax"))
+                     reproducible_uids=kw.get("reproducible_uids", False), transfer_syntax=_chosen(kw, "transfer_syntax"),
+                     patients=kw.get("patients", 1))
     if kw.get("as_json"):
         echo_json(generate_like(cfg).to_json())
         return
