@@ -39,6 +39,10 @@ def main() -> None:
     recipe = tomllib.loads(RECIPES.read_text(encoding="utf-8"))[args.pack_id]
     if recipe.get("kind") != "latent":
         sys.exit(f"error: [{args.pack_id}] in {RECIPES} is not a latent recipe")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from build_packs import check_licences  # the same licence gate as the pixel packs
+
+    check_licences(args.pack_id, {"prepare": [{"inputs": recipe["autoencoder_inputs"] + recipe["denoiser_inputs"]}]})
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
     labels = w / "labels.csv"

@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("-n", "--images", type=int, default=256, help="samples for the evaluation")
     args = ap.parse_args(argv)
-    recipes = tomllib.loads(RECIPES.read_text(encoding="utf-8"))
+    # latent-diffusion recipes (kind = "latent") are replayed by packaging/build_latent_pack.py
+    recipes = {k: v for k, v in tomllib.loads(RECIPES.read_text(encoding="utf-8")).items() if v.get("kind") != "latent"}
     ids = list(recipes) if args.all else args.packs
     unknown = [i for i in ids if i not in recipes]
     if not ids or unknown:

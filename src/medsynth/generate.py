@@ -502,7 +502,7 @@ def generate(
                                 denoiser, decoder.__call__, schedule, meta.prediction_type, sampler_cfg, label=label,
                                 null_class=meta.null_class, positions=series_positions(n_slices, support),
                                 start_noise=start, step_noise=step_noise, scale_factor=spec.scale_factor,
-                                decode_batch=max(1, min(cfg.batch_size, 8)), timer=timer, on_step=on_step):
+                                decode_batch=max(1, min(cfg.batch_size, 2)), timer=timer, on_step=on_step):
                             yield _Item(p, s, r, k, n_slices), img
 
         for it, img in (latent_stream() if pack.is_latent else pixel_stream()):
