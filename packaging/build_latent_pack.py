@@ -4,6 +4,10 @@ train-autoencoder → train-latent → export into src/medsynth/packs/<id>/.
 
     python packaging/build_latent_pack.py ct-body-512 --work ~/medsynth-runs/ct-body-v2
 
+The recipe's step budgets are fixed (``--steps`` in its flags), so a replay from scratch on the same
+software gives the same weights; ``history`` in the recipe says how the bundled weights were actually
+reached when that differs.
+
 Runs are resumed when ``--work`` already holds them (checkpoints every 100 steps), so the build can
 span several sessions; every medsynth step runs through its CLI. Only the standard library and
 medsynth are used.
@@ -32,8 +36,8 @@ def main() -> None:
     ap.add_argument("pack_id")
     ap.add_argument("--work", type=Path, required=True, help="run folder outside the repository")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--ae-steps", type=int, required=True)
-    ap.add_argument("--ld-steps", type=int, required=True)
+    ap.add_argument("--ae-steps", type=int, help="override the recipe's autoencoder step budget (not the bundled weights)")
+    ap.add_argument("--ld-steps", type=int, help="override the recipe's denoiser step budget (not the bundled weights)")
     ap.add_argument("--stage", choices=["prepare", "autoencoder", "denoiser", "export", "all"], default="all")
     args = ap.parse_args()
     recipe = tomllib.loads(RECIPES.read_text(encoding="utf-8"))[args.pack_id]
@@ -55,13 +59,19 @@ def main() -> None:
                  "-o", str(w / "data-ae"), "--force", "--json")
         medsynth("prepare", *ld_in, "-m", recipe["preset"], "--labels-file", str(labels), *grid,
                  "-o", str(w / "data-train"), "--force", "--json")
-    subst = {"AE_STEPS": str(args.ae_steps), "LD_STEPS": str(args.ld_steps)}
+    def budget(flags: list[str], override: int | None) -> list[str]:
+        """The recipe's flags, with ``--steps`` replaced when an override is given."""
+        out = list(flags)
+        if override is not None:
+            out[out.index("--steps") + 1] = str(override)
+        return out
+
     if args.stage in ("autoencoder", "all"):
         medsynth("train-autoencoder", str(w / "data-ae"), "-o", str(w / "ae"),
-                 *[subst.get(a, a) for a in recipe["autoencoder"]], "--json")
+                 *budget(recipe["autoencoder"], args.ae_steps), "--json")
     if args.stage in ("denoiser", "all"):
         medsynth("train-latent", str(w / "data-train"), "--autoencoder", str(w / "ae"), "-o", str(w / "ldm"),
-                 *[subst.get(a, a) for a in recipe["denoiser"]], "--json")
+                 *budget(recipe["denoiser"], args.ld_steps), "--json")
     if args.stage in ("export", "all"):
         medsynth("export", str(w / "ldm"), "--autoencoder", str(w / "ae"), "-o",
                  str(REPO / "src" / "medsynth" / "packs" / args.pack_id), *recipe["export"], "--force", "--json")

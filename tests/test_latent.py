@@ -19,31 +19,15 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
+from conftest import TINY_AE, TINY_LD
 from medsynth.cli.main import cli
-from medsynth.latent.config import AutoencoderConfig, LatentDenoiserConfig
+from medsynth.latent.config import AutoencoderConfig
 from medsynth.pack import load_pack
-from medsynth.prepare import PrepareConfig, ZRange, prepare_dataset
-
-TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=4, checkpoint_every=2,
-                            whole_slice_steps=1)
-TINY_LD = LatentDenoiserConfig(channels=(32, 32), attention_levels=(False, True), batch_size=4, steps=4,
-                               checkpoint_every=2, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
-def latent_runs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from medsynth.latent.autoencoder import train_autoencoder
-    from medsynth.latent.denoiser import train_latent
-    from medsynth.latent.export import export_latent_pack
-
-    root = tmp_path_factory.mktemp("latent")
-    ds = root / "data"
-    prepare_dataset([shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz"], ds,
-                    PrepareConfig(preset="ct-pelvis", label="pelvis", z_range=ZRange.parse("0:0.45")))
-    train_autoencoder(ds, root / "ae", TINY_AE, threads=1, show_progress=False)
-    train_latent(ds, root / "ae", root / "ld", TINY_LD, threads=1, show_progress=False)
-    export_latent_pack(root / "ae", root / "ld", root / "pack" / "ct-body", steps=2, guidance=1.5)
-    return {"data": ds, "ae": root / "ae", "ld": root / "ld", "pack": root / "pack" / "ct-body"}
+def latent_runs(tiny_latent_runs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_latent_runs
 
 
 def test_pack_v2_records_latent_conditioning_and_parity(latent_runs: dict[str, Path]) -> None:
@@ -128,3 +112,31 @@ def test_train_latent_cli_refuses_a_foreign_folder(latent_runs: dict[str, Path],
                                    "-o", str(tmp_path / "x"), "--steps", "1"])
     assert res.exit_code != 0 and "not empty" in res.output
     assert (tmp_path / "x" / "mine.txt").read_text() == "keep"
+
+
+def test_autoencoder_whole_slice_phase_schedule() -> None:
+    from medsynth.latent.autoencoder import _learning_rate
+
+    cfg = AutoencoderConfig(steps=100, whole_slice_steps=40, lr=1e-3)
+    assert _learning_rate(cfg, 0) == _learning_rate(cfg, 59) == 1e-3  # constant on crops
+    lrs = [_learning_rate(cfg, s) for s in range(60, 100)]
+    assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.05)  # down to a tenth at the end
+
+
+def test_autoencoder_resumes_to_the_same_weights(tiny_latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    """2 crop steps, then resumed to 4 with a whole-slice phase = the 4-step run (LR schedule, EMA restart)."""
+    from safetensors.numpy import load_file
+
+    from medsynth.latent.autoencoder import train_autoencoder
+
+    run = tmp_path / "ae"
+    # as a long run is continued: the first call's budget has no whole-slice phase yet
+    train_autoencoder(tiny_latent_runs["data"], run, TINY_AE, steps=2, whole_slice_steps=0, threads=1,
+                      show_progress=False)
+    train_autoencoder(tiny_latent_runs["data"], run, steps=4, whole_slice_steps=1, threads=1, show_progress=False)
+    a = load_file(str(run / "checkpoint.safetensors"))
+    b = load_file(str(tiny_latent_runs["ae"] / "checkpoint.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)

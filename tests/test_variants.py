@@ -26,31 +26,14 @@ import pytest
 from click.testing import CliRunner
 
 from medsynth.cli.main import cli
-from medsynth.latent.config import AutoencoderConfig, LatentDenoiserConfig
-from medsynth.prepare import PrepareConfig, ZRange, prepare_dataset
 from medsynth.variants import sdedit_timesteps
 
-TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=4, checkpoint_every=2,
-                            whole_slice_steps=1)
-TINY_LD = LatentDenoiserConfig(channels=(32, 32), attention_levels=(False, True), batch_size=4, steps=4,
-                               checkpoint_every=2, warmup_steps=2)
 SOURCE = ("ct", "upper_abdomen_dicom")
 
 
 @pytest.fixture(scope="module")
-def latent_pack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medsynth.latent.autoencoder import train_autoencoder
-    from medsynth.latent.denoiser import train_latent
-    from medsynth.latent.export import export_latent_pack
-
-    root = tmp_path_factory.mktemp("variants")
-    ds = root / "data"
-    prepare_dataset([shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz"], ds,
-                    PrepareConfig(preset="ct-pelvis", label="pelvis", z_range=ZRange.parse("0:0.45")))
-    train_autoencoder(ds, root / "ae", TINY_AE, threads=1, show_progress=False)
-    train_latent(ds, root / "ae", root / "ld", TINY_LD, threads=1, show_progress=False)
-    export_latent_pack(root / "ae", root / "ld", root / "pack" / "ct-body", steps=2, guidance=1.5)
-    return root / "pack" / "ct-body"
+def latent_pack(tiny_latent_runs: dict[str, Path]) -> Path:
+    return tiny_latent_runs["pack"]
 
 
 def _variants(source: Path, pack: Path, out: Path, strength: float, *extra: str) -> dict:

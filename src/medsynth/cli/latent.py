@@ -38,7 +38,7 @@ Examples:
 @click.option("--crop", type=click.IntRange(16), default=None, help="Training crop size in pixels (default 96).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per step (default 8).")
 @click.option("--whole-slice-steps", type=click.IntRange(0), default=None,
-              help="The last N steps train on whole slices (so normalisation sees whole-slice statistics).")
+              help="The last N steps train on whole slices (so normalisation sees whole-slice statistics), the learning rate falling to a tenth over them; the EMA restarts with them.")
 @_common
 @handle_errors
 def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, crop: int | None,

@@ -10,6 +10,7 @@ trained model on whole slices (an 8× autoencoder maps a 512² slice to a 64² l
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,15 @@ class Decoder(torch.nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.ae.decode(latent).clamp(-1.0, 1.0)
+
+
+def _learning_rate(cfg: AutoencoderConfig, step: int) -> float:
+    """Constant ``cfg.lr`` on crops; over the whole-slice phase a cosine from ``cfg.lr`` down to a tenth."""
+    phase_start = cfg.steps - cfg.whole_slice_steps
+    if step < phase_start or cfg.whole_slice_steps == 0:
+        return cfg.lr
+    k = (step - phase_start) / cfg.whole_slice_steps
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * k)))
 
 
 def _crops(slices: npt.NDArray[np.float32], cfg: AutoencoderConfig, step: int) -> torch.Tensor:
@@ -183,8 +193,13 @@ def train_autoencoder(
         with Progress(TextColumn("autoencoder"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress) as progress:
             task = progress.add_task("ae", total=cfg.steps, completed=start, loss="-")
+            phase_start = cfg.steps - cfg.whole_slice_steps
             while step < cfg.steps:
-                x = _whole(slices, cfg, step) if step >= cfg.steps - cfg.whole_slice_steps else _crops(slices, cfg, step)
+                whole = step >= phase_start
+                x = _whole(slices, cfg, step) if whole else _crops(slices, cfg, step)
+                for group in opt.param_groups:
+                    group["lr"] = _learning_rate(cfg, step)
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # the KL sampling noise, so a resumed run is bitwise
                 with ctx:
                     recon, z_mu, z_sigma = model(x)
                 rec = torch.nn.functional.l1_loss(recon.float(), x)
@@ -194,7 +209,10 @@ def train_autoencoder(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                decay = min(0.999, (1 + step) / (10 + step))
+                # the average restarts with the whole-slice phase: crop-phase weights fail on whole
+                # slices (GroupNorm statistics), so they must not linger in the exported EMA
+                k = step - phase_start if whole else step
+                decay = min(0.999, (1 + k) / (10 + k))
                 with torch.no_grad():
                     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                         pe.lerp_(pm.detach(), 1.0 - decay)
