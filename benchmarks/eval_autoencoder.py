@@ -25,7 +25,6 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from eval_latent import HI, LO, covid_slices, grid, psnr, to_hu, to_model  # noqa: E402
-
 from medsynth.dataset import load_dataset  # noqa: E402
 from medsynth.evaluation.metrics import ssim_pairs  # noqa: E402
 from medsynth.evaluation.texture import working_copy  # noqa: E402
