@@ -241,3 +241,20 @@ def test_output_must_be_a_new_or_empty_folder(dataset: Path, tmp_path: Path) -> 
     with pytest.raises(OutputError, match="not empty"):
         train(dataset, tmp_path / "busy", overrides={**TINY, "optim.steps": 1}, progress=False)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_ct_is_trained_without_intensity_jitter(tmp_path: Path) -> None:
+    """CT values are absolute HU: a ±5 % contrast jitter would be ±53 HU at water, so it is off for CT
+    (the run records 0 and says why); other modalities keep it."""
+    rng = np.random.default_rng(0)
+    manifest = DatasetManifest(
+        preset="ct-pelvis", matrix=(64, 64), pixel_spacing_mm=(6.0, 6.0), physical_range=(-1024.0, 2047.0),
+        unit="HU", labels=("pelvis", "abdomen", "chest"),
+        sources=(SourceRecord(name="ct.npy", sha256="cd" * 32, slices=4, label="pelvis", licence="CC0-1.0"),),
+        slice_sources=(0, 0, 0, 0))
+    save_dataset(tmp_path / "ct", manifest, rng.uniform(-1, 0, (4, 64, 64)).astype(np.float32),
+                 np.zeros(4, np.int64), np.linspace(0, 1, 4, dtype=np.float32))
+    s = train(tmp_path / "ct", tmp_path / "run", overrides={**TINY, "optim.steps": 1}, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["intensity_jitter"] == 0.0
+    assert any("jitter is off" in w for w in s.warnings)
+    assert TrainConfig().optim.intensity_jitter > 0  # the X-ray/MR default is unchanged

@@ -1,7 +1,7 @@
 """The training loop behind ``medsynth train``.
 
 One step: draw a batch (deterministic in ``seed`` and the step number, so a resumed run sees the
-same batches as an uninterrupted one), augment it (small contrast jitter around the air level,
+same batches as an uninterrupted one), augment it (small contrast jitter around the air level, none for CT,
 small translation with edge replication; no flips, anatomy has a side), add noise with MONAI's
 ``DDPMScheduler``, predict ε or v (``get_velocity``) with the UNet under bf16/fp16 autocast, take an
 AdamW step with gradient clipping, update the EMA weights. Every random draw of a step comes from a
@@ -446,6 +446,11 @@ def train(
         cfg = resolve_config(run_dir, resume, config_file, overrides)
     ds = load_dataset(dataset_dir)
     preset, warnings = check_dataset(ds, cfg)
+    if preset.modality == "CT" and cfg.optim.intensity_jitter > 0:  # HU are absolute: ±5 % is ±53 HU at water
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, intensity_jitter=0.0))
+        warnings = [*warnings, "CT: intensity (contrast) jitter is off (HU are absolute); shifts only"]
     if resume:
         _check_resume_dataset(ds, read_run(run_dir)[1])
     with distributed(cfg.optim.device) as ctx:
