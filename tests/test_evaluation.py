@@ -229,6 +229,37 @@ def test_classifier_test_on_labelled_xray(xr: tuple[np.ndarray, np.ndarray]) -> 
     assert evaluate_sets(_set(x), _set(x), config=FAST).data["metrics"]["classifier"] is None  # one class only
 
 
+def test_train_on_synthetic_test_on_real(xr: tuple[np.ndarray, np.ndarray], shared_data: Path) -> None:
+    """TSTR on PneumoniaMNIST: tested on its *test* split (other patients). "Synthetic" images that are
+    other real training images train as well as real ones; the same images with swapped labels train
+    a classifier that gets the held-out patients wrong; and the evaluation reports both summary rows."""
+    from medsynth.evaluation.classifier import train_on_synthetic
+    from medsynth.evaluation.report import summary_rows
+
+    x, y = xr
+    d = np.load(shared_data / "xr" / "pneumoniamnist_28.npz")
+    ti, tl = d["test_images"].astype(np.float32), d["test_labels"].ravel().astype(np.int64)
+    pick = np.concatenate([np.flatnonzero(tl == c)[:100] for c in (0, 1)])
+    xt = (np.pad(ti[pick], ((0, 0), (2, 2), (2, 2)), mode="edge") / 255.0 * 2.0 - 1.0).astype(np.float32)
+    yt, gt = tl[pick], np.arange(len(pick))
+    half = np.arange(len(y)) % 2 == 0  # real half / "perfect synthetic" half, 75 per class each
+    good = train_on_synthetic(x[half], y[half], x[~half], y[~half], xt, yt, gt, 2, n_boot=30)
+    assert good is not None
+    acc = good["balanced_accuracy"]
+    assert acc["real"]["value"] > 0.75 and abs(acc["synthetic"]["value"] - acc["real"]["value"]) < 0.1
+    assert good["n_train"] == {"real": 150, "synthetic": 150, "real+synthetic": 300, "real_all": 150}
+    lo, hi = acc["synthetic"]["ci"]
+    assert lo <= acc["synthetic"]["value"] <= hi and hi - lo < 0.3
+    bad = train_on_synthetic(x[half], y[half], x[~half], 1 - y[~half], xt, yt, gt, 2, n_boot=30)
+    assert bad is not None and bad["balanced_accuracy"]["synthetic"]["value"] < 0.3
+    assert bad["augmentation_gain"]["value"] < 0 and bad["tstr_gap"]["ci"][1] < 0  # augmentation with wrong labels hurts
+    assert train_on_synthetic(x, y, x, np.zeros_like(y), xt, yt, gt, 2) is None  # one synthetic class: no test
+    rows = dict((a, (b, c)) for a, b, c in summary_rows(
+        evaluate_sets(_set(x, y, ct=False), _set(x[~half], y[~half], ct=False), config=FAST).data))
+    assert any(k.startswith("train on synthetic, test on real") for k in rows)
+    assert any(k.startswith("real + synthetic training") for k in rows)
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs: datasets, generated DICOM and NIfTI, refusals; the CLI
 # --------------------------------------------------------------------------------------------

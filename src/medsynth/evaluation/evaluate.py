@@ -33,6 +33,9 @@ Metrics (see QUALITY.md for how to read them):
 * Per-condition breakdown: intensity KL, spectrum distance, mean intensity, tissue TV per label.
 * Classifier test (labelled data): logistic regression trained on real B, accuracy per class on
   real A (held out) and on the synthetic images (labels = generation condition).
+* Train-on-synthetic / test-on-real (labelled data): the same classifier trained on as many real-A
+  images as there are synthetic ones, on the synthetic images, and on both (augmentation), each
+  tested on real B; balanced accuracies with volume-bootstrap intervals.
 * Memorisation (``train`` given): each synthetic image's nearest training image by SSIM; the
   fraction at or above ``memorisation_threshold`` and ``copy_threshold``. Baseline: real A's
   nearest training image (held-out patients when ``real`` holds patients not in ``train``).
@@ -379,6 +382,7 @@ def evaluate_sets(
 
     # --- classifier test ----------------------------------------------------------------------
     metrics["classifier"] = _classifier_test(real, sets)
+    metrics["train_on_synthetic"] = _train_on_synthetic(real, sets, cfg.seed)
 
     # --- memorisation ---------------------------------------------------------------------------
     memo_nn: npt.NDArray[np.float64] | None = None
@@ -657,3 +661,25 @@ def _classifier_test(real: ImageSet, sets: _Sets) -> dict[str, Any] | None:
         result["synthetic"] = None
         result["note"] = "the synthetic images carry no condition labels the real dataset knows"
     return result
+
+
+def _train_on_synthetic(real: ImageSet, sets: _Sets, seed: int) -> dict[str, Any] | None:
+    """Train-on-synthetic / test-on-real and augmentation (:func:`medsynth.evaluation.classifier.train_on_synthetic`):
+    classifiers trained on real A (the training patients, for a pack), on the synthetic images and on
+    both, tested on real B (held-out patients). ``tstr`` and ``augmentation`` are summary rows:
+    synthetic-trained vs as-many-real-trained, and real+synthetic vs the real alone."""
+    from medsynth.evaluation.classifier import train_on_synthetic
+
+    if len(real.class_names) < 2:
+        return None
+    res = train_on_synthetic(sets.a, sets.a_labels, sets.s, sets.s_labels, sets.b, sets.b_labels, sets.b_groups,
+                             len(real.class_names), seed)
+    if res is None:
+        return None
+    acc: dict[str, dict[str, Any]] = res["balanced_accuracy"]  # type: ignore[assignment]
+    out: dict[str, Any] = dict(res)
+    out["tstr"] = {"synthetic": acc["synthetic"]["value"], "ci": acc["synthetic"]["ci"],
+                   "baseline": acc["real"]["value"], "baseline_ci": acc["real"]["ci"], "better": "higher"}
+    out["augmentation"] = {"synthetic": acc["real+synthetic"]["value"], "ci": acc["real+synthetic"]["ci"],
+                           "baseline": acc["real"]["value"], "baseline_ci": acc["real"]["ci"], "better": "higher"}
+    return out
