@@ -7,8 +7,9 @@
 Stages write under ``--work`` (default ``work/``, ignored by git): ``ds-<id>`` (the prepared dataset),
 ``run-<id>`` (the training run; an existing run is resumed exactly), ``eval-<id>`` (the evaluation
 report). ``export`` writes ``src/medsynth/packs/<id>/`` and records the recipe, the licences of the
-training data and the hardware in its pack.json; ``evaluate`` measures the pack against its training
-set (`medsynth evaluate`'s metrics) and writes the numbers into pack.json, MODEL_CARD.md and QUALITY.md.
+training data and the hardware in its pack.json; ``evaluate`` makes images with `medsynth generate`,
+measures them against patients held out of training (medsynth.evaluation.packs.evaluate_pack, as
+``benchmarks/eval_packs.py`` does) and writes the numbers into pack.json and MODEL_CARD.md.
 Only the standard library and medsynth are used; every medsynth step runs through its CLI.
 """
 
@@ -129,9 +130,11 @@ def stage_export(pid: str, recipe: dict[str, Any], work: Path) -> None:
 
 
 def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n_images: int) -> None:
-    from medsynth.evaluation.packs import check_thresholds, evaluate_pack, markdown_block
+    """Measure the pack as ``benchmarks/eval_packs.py --write`` does (``generate``'s own path, held-out
+    patients) and write pack.json ``quality`` and MODEL_CARD.md; QUALITY.md's per-pack section is
+    written by ``python benchmarks/eval_packs.py --write`` over all bundled packs."""
+    from medsynth.evaluation.packs import evaluate_pack, write_pack_quality
     from medsynth.evaluation.report import write_report
-    from medsynth.export.pack_writer import write_model_card
 
     pack_dir = PACKS / pid
     os.environ.setdefault("MEDSYNTH_PACK_DATASETS", str(work / "_datasets"))
@@ -143,38 +146,10 @@ def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n
         shutil.copytree(work / f"ds-{pid}", ds_link)
     report, pack = evaluate_pack(pack_dir, shared, n_images=n_images, seed=0)
     write_report(report, work / f"eval-{pid}", force=True)
-    block = markdown_block(report, pack)
-    fails = check_thresholds(report)
-    m = report.data["metrics"]
-    meta_path = pack_dir / "pack.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["quality"] = {"summary": _summary(report.data), "thresholds_met": not fails, "failures": fails,
-                       "evaluated_images": n_images}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    write_model_card(pack_dir)
-    card = pack_dir / "MODEL_CARD.md"
-    text = card.read_text(encoding="utf-8")
-    head, _, tail = text.partition("## Quality\n")
-    _, _, rest = tail.partition("## Limitations")
-    card.write_text(head + "## Quality\n\n" + block + "\n## Limitations" + rest, encoding="utf-8")
-    flag_card(pack_dir, fails)
+    write_pack_quality(pack_dir, report, pack, n_images,
+                       f"python packaging/build_packs.py {pid} --stage evaluate -n {n_images}")
     describe_card(pack_dir, recipe.get("seen", ""))
-    _update_quality_md(pid, block)
-    del m
-    print(block)
-
-
-def flag_card(pack_dir: Path, fails: list[str]) -> None:
-    """Put a warning under the card's title when the pack misses QUALITY.md's acceptance thresholds."""
-    if not fails:
-        return
-    card = pack_dir / "MODEL_CARD.md"
-    title, _, body = card.read_text(encoding="utf-8").partition("\n")
-    warning = ("\n> **Experimental: this pack is below the acceptance thresholds of QUALITY.md** ("
-               + "; ".join(fails) + "). It was trained for too few steps on a 2-core CPU; `medsynth generate` "
-               "says so in its notes. Retrain it longer (packaging/packs.toml) before relying on it.\n")
-    if "below the acceptance thresholds" not in body:
-        card.write_text(title + "\n" + warning + body, encoding="utf-8")
+    print((pack_dir / "MODEL_CARD.md").read_text(encoding="utf-8"))
 
 
 def describe_card(pack_dir: Path, seen: str) -> None:
@@ -186,28 +161,6 @@ def describe_card(pack_dir: Path, seen: str) -> None:
         card.write_text(text, encoding="utf-8")
 
 
-def _summary(data: dict[str, Any]) -> dict[str, Any]:
-    from medsynth.evaluation.report import summary_rows
-
-    return {a: {"synthetic": b, "baseline": c} for a, b, c in summary_rows(data)}
-
-
-def _update_quality_md(pid: str, block: str) -> None:
-    q = REPO / "QUALITY.md"
-    text = q.read_text(encoding="utf-8") if q.exists() else "# Quality\n"
-    begin, end = f"<!-- pack:{pid}:begin -->", f"<!-- pack:{pid}:end -->"
-    section = f"{begin}\n{block}{end}"
-    if begin in text and end in text:
-        pre, _, post = text.partition(begin)
-        _, _, post = post.partition(end)
-        text = pre + section + post
-    else:
-        if "## Bundled packs" not in text:
-            text = text.rstrip() + "\n\n## Bundled packs\n\nMeasured by `python packaging/build_packs.py --all --stage evaluate`.\n"
-        text = text.rstrip() + "\n\n" + section + "\n"
-    q.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("packs", nargs="*", help="model ids from packaging/packs.toml")
@@ -216,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "work")
     ap.add_argument("--shared", type=Path,
                     default=Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data")))
-    ap.add_argument("-n", "--images", type=int, default=256, help="samples for the evaluation")
+    ap.add_argument("-n", "--images", type=int, default=32, help="images for the evaluation (eval_packs.py's default)")
     args = ap.parse_args(argv)
     # latent-diffusion recipes (kind = "latent") are replayed by packaging/build_latent_pack.py
     recipes = {k: v for k, v in tomllib.loads(RECIPES.read_text(encoding="utf-8")).items() if v.get("kind") != "latent"}

@@ -254,6 +254,8 @@ def test_train_on_synthetic_test_on_real(xr: tuple[np.ndarray, np.ndarray], shar
     assert bad is not None and bad["balanced_accuracy"]["synthetic"]["value"] < 0.3
     assert bad["augmentation_gain"]["value"] < 0 and bad["tstr_gap"]["ci"][1] < 0  # augmentation with wrong labels hurts
     assert train_on_synthetic(x, y, x, np.zeros_like(y), xt, yt, gt, 2) is None  # one synthetic class: no test
+    # a class the real training side lacks is left out (synthetic images must not win by covering it alone)
+    assert train_on_synthetic(x[y == 0], y[y == 0], x, y, xt, yt, gt, 2) is None
     rows = dict((a, (b, c)) for a, b, c in summary_rows(
         evaluate_sets(_set(x, y, ct=False), _set(x[~half], y[~half], ct=False), config=FAST).data))
     assert any(k.startswith("train on synthetic, test on real") for k in rows)

@@ -129,7 +129,8 @@ def train_on_synthetic(
     ``real_all`` — every real training image (the ceiling). Scores are balanced accuracies (mean
     per-class recall); 95 % intervals resample whole test volumes (``test_groups``), paired across
     the classifiers, so ``augmentation_gain`` (real+synthetic − real) and ``tstr_gap`` (synthetic −
-    real) have intervals of their own. None when fewer than two classes have ≥ 2 images on every side.
+    real) have intervals of their own. Only the classes with ≥ 2 images on every side are used
+    (``classes``); None when fewer than two are.
     """
     xr, yr = np.asarray(real_train, np.float32), np.asarray(real_train_labels, np.int64)
     xs, ys = np.asarray(synthetic, np.float32), np.asarray(synthetic_labels, np.int64)
@@ -137,11 +138,17 @@ def train_on_synthetic(
     known = ys >= 0
     xs, ys = xs[known], ys[known]
 
-    def enough(y: npt.NDArray[np.int64]) -> bool:
-        return int(np.sum(np.bincount(y, minlength=n_classes) >= 2)) >= 2
+    # only classes every side has (≥ 2 images each): a class missing from the real training side
+    # would make synthetic images look useful merely for covering it
+    def has(y: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        return np.bincount(y, minlength=n_classes)[:n_classes] >= 2
 
-    if not (enough(yr) and enough(ys) and enough(yt)):
+    common = np.flatnonzero(has(yr) & has(ys) & has(yt))
+    if len(common) < 2:
         return None
+    keep_r, keep_s, keep_t = np.isin(yr, common), np.isin(ys, common), np.isin(yt, common)
+    xr, yr, xs, ys = xr[keep_r], yr[keep_r], xs[keep_s], ys[keep_s]
+    xt, yt, gt = xt[keep_t], yt[keep_t], gt[keep_t]
     rng = np.random.default_rng(seed)
     im = _matched_subset(yr, ys, rng)
     train_sets = {
@@ -186,6 +193,7 @@ def train_on_synthetic(
         "model": "multinomial logistic regression (L2) on 64 fixed features + 8x8 pixels",
         "score": "balanced accuracy on the real test images (mean per-class recall)",
         "n_train": n_train,
+        "classes": [int(c) for c in common],
         "n_test": int(len(yt)), "test_volumes": int(len(uniq)),
         "balanced_accuracy": {k: {"value": est[k], "ci": interval(k)} for k in correct},
         "augmentation_gain": {"value": est["augmentation_gain"], "ci": interval("augmentation_gain")},

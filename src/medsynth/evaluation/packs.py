@@ -21,6 +21,7 @@ sources, so that a pack is never judged against data it was not trained on.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -153,7 +154,7 @@ def _merged_volumes(parts: list[Any]) -> npt.NDArray[np.int64]:
 
 def synthesize_with_generate(
     pack_dir: Path, real: ImageSet, workdir: Path, n_images: int = 64, seed: int = 0, steps: int | None = None,
-    output_format: Literal["nifti", "dicom"] = "nifti", threads: int | None = None,
+    output_format: Literal["nifti", "dicom"] = "nifti", threads: int | None = None, sampler: str | None = None,
 ) -> ImageSet:
     """Synthetic images made exactly as users get them: :func:`medsynth.generate.generate` writes
     ``output_format`` files under ``workdir`` (the pack's default sampler, steps and guidance; ``steps``
@@ -190,7 +191,7 @@ def synthesize_with_generate(
         patients = max(1, int(np.ceil(per_label / length)))
         out = workdir / f"label{k}"
         generate(GenerateConfig(modality=preset.name, out_dir=out, patients=patients, slices=max(length, 2)
-                                if preset.is_volume else 1, condition=name, seed=seed + k, steps=steps,
+                                if preset.is_volume else 1, condition=name, seed=seed + k, steps=steps, sampler=sampler,
                                 model=pack.root, device="cpu", threads=threads, format=output_format))
         parts.append(load_synthetic(out, real))
     offsets = np.cumsum([0] + [int(p.groups.max()) + 1 for p in parts])
@@ -219,7 +220,7 @@ def held_out_dataset(pack: ModelPack, shared_data: Path | None, workdir: Path) -
 
 def evaluate_pack(
     pack_dir: Path, shared_data: Path | None, n_images: int = 64, seed: int = 0,
-    config: EvaluationConfig | None = None, steps: int | None = None,
+    config: EvaluationConfig | None = None, steps: int | None = None, sampler: str | None = None,
 ) -> tuple[EvaluationReport, ModelPack]:
     """Generate ``n_images`` with :func:`medsynth.generate.generate` and evaluate them against real
     patients held out of the pack's training (:func:`held_out_dataset`), with the training set for
@@ -232,7 +233,7 @@ def evaluate_pack(
         held = held_out_dataset(pack, shared_data, work / "held_out")
         real = load_real_dataset(held, "real") if held is not None else train
         train = conform(train, real, "train") if held is not None else real
-        synth = synthesize_with_generate(pack.root, real, work / "generated", n_images, seed, steps)
+        synth = synthesize_with_generate(pack.root, real, work / "generated", n_images, seed, steps, sampler=sampler)
         # baseline: the training patients against the held-out ones (what a perfect generator of them scores)
         report = evaluate_sets(real, synth, train, config or EvaluationConfig(seed=seed),
                                baseline=train if held is not None else None)
@@ -241,7 +242,7 @@ def evaluate_pack(
         report.data["inputs"]["held_out_recipe"] = pack.metadata.training.get("held_out") or \
             HELD_OUT.get(pack.metadata.model_id)
         report.data["inputs"]["generate"] = {"steps": steps or pack.metadata.default_steps,
-                                             "sampler": pack.metadata.default_sampler,
+                                             "sampler": sampler or pack.metadata.default_sampler,
                                              "guidance": pack.metadata.default_guidance, "format": "nifti"}
     return report, pack
 
@@ -259,12 +260,14 @@ def markdown_block(report: EvaluationReport, pack: ModelPack, thresholds: GateTh
     p = d["protocol"]
     gen = d["inputs"].get("generate", {})
     if d["inputs"].get("real_is_training_data"):
-        against = (f"its **training** set ({d['inputs']['real']['images']} images): no held-out patient of this "
+        against = (f"its **training** set ({d['inputs']['real']['images']} images: "
+                   f"{recipe_names(pack.metadata.training.get('prepare'))}): no held-out patient of this "
                    "kind exists in the shared data, so these numbers are not from unseen patients")
     else:
         against = (f"real patients held out of training ({d['inputs']['real']['images']} images, "
-                   f"{d['inputs']['real'].get('volumes')} volumes; recipe in medsynth.evaluation.packs.HELD_OUT or "
-                   "pack.json training.held_out)")
+                   f"{d['inputs']['real'].get('volumes')} volumes: "
+                   f"{recipe_names(d['inputs'].get('held_out_recipe'))}; none of them in the training set "
+                   f"{recipe_names(pack.metadata.training.get('prepare'))})")
     per = d["metrics"].get("per_condition") or {}
     lines = [
         f"### {pack.metadata.model_id}: measured quality (`medsynth evaluate`, medsynth {d['software_version']})",
@@ -303,9 +306,109 @@ def markdown_block(report: EvaluationReport, pack: ModelPack, thresholds: GateTh
         missing = [k for k, v in per.items() if "n" not in v]
         if missing:
             lines += ["", f"Not measured (too few images): {', '.join(missing)}."]
+    tstr = d["metrics"].get("train_on_synthetic")
+    if tstr:
+        acc, n = tstr["balanced_accuracy"], tstr["n_train"]
+        real_names = list(d["inputs"]["real"].get("labels") or pack.metadata.labels)
+
+        def ba(key: str) -> str:
+            v = acc[key]
+            ci = f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v.get("ci") else ""
+            return f"{v['value']:.3f}{ci}"
+
+        gain = tstr["augmentation_gain"]
+        gci = f" [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain.get("ci") else ""
+        cls = ", ".join(real_names[c] for c in tstr.get("classes", []) if c < len(real_names))
+        lines += ["", f"Train on synthetic, test on real (classes {cls}; {tstr['n_test']} real images of "
+                      f"{'held-out patients' if not d['inputs'].get('real_is_training_data') else 'real half B'}; "
+                      f"{tstr['model']}; balanced accuracy):", "",
+                  "| classifier trained on | images | balanced accuracy on real |", "|---|---:|---:|",
+                  f"| real ({'training patients' if d['inputs'].get('baseline') else 'real half A'}), as many as "
+                  f"synthetic | {n['real']} | {ba('real')} |",
+                  f"| synthetic (`medsynth generate`) | {n['synthetic']} | {ba('synthetic')} |",
+                  f"| real + synthetic (augmentation) | {n['real+synthetic']} | {ba('real+synthetic')} |",
+                  f"| every real {'training-patient' if d['inputs'].get('baseline') else 'half-A'} image of the "
+                  f"baseline | {n['real_all']} | {ba('real_all')} |",
+                  "", f"Augmentation gain (real + synthetic − real): {gain['value']:+.3f}{gci}."]
     fails = check_thresholds(report, thresholds)
     lines += ["", "Acceptance gate (QUALITY.md): " + ("all met." if not fails else "NOT met: " + "; ".join(fails))]
     return "\n".join(lines) + "\n"
+
+
+def recipe_names(recipes: Any) -> str:
+    """The volumes of ``training.prepare`` / held-out recipes as text: input paths (relative to the
+    shared data), their label and z range or split."""
+    if not isinstance(recipes, list) or not recipes:
+        return "–"
+    parts = []
+    for r in recipes:
+        if not isinstance(r, dict):
+            continue
+        extra = [str(r["label"])] if r.get("label") else []
+        if r.get("z_range"):
+            extra.append(f"z {r['z_range']}")
+        if r.get("split"):
+            extra.append(f"{r['split']} split")
+        names = ", ".join(f"`{i}`" for i in r.get("inputs", []))
+        parts.append(names + (f" ({', '.join(extra)})" if extra else ""))
+    return "; ".join(parts)
+
+
+def write_pack_quality(pack_dir: Path, report: EvaluationReport, pack: ModelPack, n_images: int,
+                       command: str = "python benchmarks/eval_packs.py --write") -> list[str]:
+    """Write one evaluation into the pack: ``pack.json`` ``quality`` (what `generate`'s "below the
+    acceptance thresholds" note reads), the ``## Quality`` section of MODEL_CARD.md (the
+    :func:`markdown_block`) and the warning under the card's title. Every old number is replaced.
+    The ONNX files are untouched (their sha256s stay valid); the pack's identity changes with pack.json.
+    → the gate failures."""
+    from medsynth.evaluation.report import summary_rows
+
+    d = report.data
+    fails = check_thresholds(report)
+    held = not d["inputs"].get("real_is_training_data")
+    meta_path = pack_dir / "pack.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["quality"] = {
+        "measured_by": command,
+        "real_set": "held-out patients" if held else "training set (no held-out patient exists)",
+        "real_volumes": recipe_names(d["inputs"].get("held_out_recipe")) if held else
+        recipe_names(pack.metadata.training.get("prepare")),
+        "generate": d["inputs"].get("generate"),
+        "evaluated_images": n_images,
+        "seed": d["protocol"]["seed"],
+        "thresholds_met": not fails,
+        "failures": fails,
+        "summary": {a: {"synthetic": b, "baseline": c} for a, b, c in summary_rows(d)},
+    }
+    tstr = d["metrics"].get("train_on_synthetic")
+    if tstr:
+        meta["quality"]["train_on_synthetic"] = {k: tstr[k] for k in ("n_train", "n_test", "balanced_accuracy",
+                                                                    "augmentation_gain")}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    card = pack_dir / "MODEL_CARD.md"
+    text = card.read_text(encoding="utf-8")
+    head, sep, tail = text.partition("## Quality\n")
+    _, sep2, rest = tail.partition("## Limitations")
+    if not sep or not sep2:
+        raise EvaluationError("MODEL_CARD.md has no '## Quality' / '## Limitations' sections", card)
+    title, _, body = head.partition("\n")
+    body = "\n".join(line for line in body.split("\n") if not line.startswith("> **Experimental")
+                     and not line.startswith("> **Below the acceptance gate"))
+    while "\n\n\n" in body:
+        body = body.replace("\n\n\n", "\n\n")
+    warning = ("" if not fails else
+               "\n> **Below the acceptance gate of QUALITY.md** (measured on "
+               + ("held-out patients" if held else "its training set") + ": " + "; ".join(fails)
+               + "). A CPU-trained starter pack; `medsynth generate` says so in its notes. Retrain it longer "
+               "(packaging/packs.toml) before relying on it.\n")
+    card.write_text(title + "\n" + warning + "\n" + body.lstrip("\n") + "## Quality\n\n" + block_with_source(report, pack, command)
+                    + "\n## Limitations" + rest, encoding="utf-8")
+    return fails
+
+
+def block_with_source(report: EvaluationReport, pack: ModelPack, command: str) -> str:
+    """:func:`markdown_block` with the command that measured it."""
+    return markdown_block(report, pack) + f"\nMeasured by `{command}` (it writes this section).\n"
 
 
 # metrics compared by the regression check: (JSON path, better direction)
