@@ -41,7 +41,7 @@ def cohort_option(func: F) -> F:
         with console.status("generating the cohort") as status:
             summary = generate_cohort(
                 cohort, kwargs["out_dir"], force=kwargs.get("force", False), threads=kwargs.get("threads"),
-                on_group=lambda g, k: status.update(f"group {k + 1}: {g.patients} x {g.study.preset} ({g.folder})"))
+                on_progress=status.update)
         if kwargs.get("as_json"):
             echo_json(summary)
         else:
