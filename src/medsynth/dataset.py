@@ -3,7 +3,8 @@
 A dataset is a folder::
 
     DATASET/
-      slices.npy        float32 [N, H, W], model space [-1, 1] (memory-mappable)
+      slices.npy        float32 [N, H, W], model space [-1, 1] (memory-mappable); colour presets
+                        (micro-malaria): [N, 3, H, W], RGB channels first
       labels.npy        int64   [N], index into manifest["labels"]
       positions.npy     float32 [N], relative position of the slice in its volume, 0 = first
                         (inferior-most for axial CT/MR) .. 1 = last; 0.5 for 2D images
@@ -94,7 +95,7 @@ class PreparedDataset:
 
     root: Path
     manifest: DatasetManifest
-    slices: npt.NDArray[np.float32]  # [N, H, W] in [-1, 1]
+    slices: npt.NDArray[np.float32]  # [N, H, W] (or RGB [N, 3, H, W]) in [-1, 1]
     labels: npt.NDArray[np.int64]  # [N]
     positions: npt.NDArray[np.float32]  # [N] in [0, 1]
     volumes: npt.NDArray[np.int64] | None = None  # [N] volume index; None: the dataset predates volumes.npy
@@ -174,6 +175,11 @@ def slice_volumes(ds: PreparedDataset) -> npt.NDArray[np.int64]:
     return np.arange(len(ds), dtype=np.int64)
 
 
+def image_channels(slices: npt.NDArray[Any]) -> int:
+    """Channels per image of a dataset's ``slices``: 1 for [N, H, W], 3 for RGB [N, 3, H, W]."""
+    return 1 if slices.ndim == 3 else int(slices.shape[1])
+
+
 def _validate_volumes(root: Path, volumes: npt.NDArray[Any] | None, n: int) -> None:
     if volumes is None:
         return
@@ -190,9 +196,10 @@ def _validate(
     labels: npt.NDArray[Any],
     positions: npt.NDArray[Any],
 ) -> None:
-    if slices.ndim != 3:
-        raise DatasetError(f"slices must be [N, H, W], got shape {tuple(slices.shape)}", root)
-    n, h, w = slices.shape
+    if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[1] != 3):
+        raise DatasetError(f"slices must be [N, H, W] (grey) or [N, 3, H, W] (RGB), got shape {tuple(slices.shape)}",
+                           root)
+    n, h, w = slices.shape[0], slices.shape[-2], slices.shape[-1]
     if (h, w) != tuple(manifest.matrix):
         raise DatasetError(f"slices are {h}x{w} but the manifest says {manifest.matrix[0]}x{manifest.matrix[1]}", root)
     if n == 0:

@@ -231,12 +231,12 @@ def _save_png(path: Path, img: npt.NDArray[np.uint8]) -> None:
 
 
 def _contact_sheet(tiles: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
-    """Tiles [H, W] (same shape) → one grid image, 1-pixel black gutters."""
+    """Tiles [H, W] or RGB [H, W, 3] (same shape) → one grid image, 1-pixel black gutters."""
     n = len(tiles)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    h, w = tiles[0].shape
-    sheet = np.zeros((rows * (h + 1) - 1, cols * (w + 1) - 1), dtype=np.uint8)
+    h, w = tiles[0].shape[:2]
+    sheet = np.zeros((rows * (h + 1) - 1, cols * (w + 1) - 1, *tiles[0].shape[2:]), dtype=np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         sheet[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = t
@@ -388,6 +388,11 @@ def generate(
                           "training timesteps")
     seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
     n_slices = cfg.slices if preset.is_volume else 1
+    if meta.channels != preset.samples_per_pixel:
+        raise ModelPackError(f"pack {meta.model_id} makes {meta.channels}-channel images but preset {preset.name} "
+                             f"has {preset.samples_per_pixel}", pack.root)
+    if meta.channels > 1 and cfg.format == "nifti":
+        raise ConfigError(f"{preset.name} images are RGB: use --format dicom or png")
     notes: list[str] = []
     if pack.metadata.quality.get("thresholds_met") is False:
         notes.append(f"model pack {pack.metadata.model_id} is below the acceptance thresholds of QUALITY.md "
@@ -465,9 +470,10 @@ def generate(
                     return np.stack([g.standard_normal(shape[1:], dtype=np.float32) for g in rngs])
 
                 if shared:
-                    x_t = np.stack([_coherent_noise(seed, it.series_key, it.index, (1, rows, cols)) for it in batch])
+                    x_t = np.stack([_coherent_noise(seed, it.series_key, it.index, (meta.channels, rows, cols))
+                                    for it in batch])
                 else:
-                    x_t = noise((len(batch), 1, rows, cols))
+                    x_t = noise((len(batch), meta.channels, rows, cols))
                 position = None
                 if meta.uses_position:
                     position = np.array([it.index / (it.n - 1) if it.n > 1 else 0.5 for it in batch], dtype=np.float32)
@@ -475,7 +481,8 @@ def generate(
                 t_den = time.perf_counter()
                 x0 = sample(denoiser, schedule, meta.prediction_type, x_t, cond, sampler_cfg, noise, on_step=on_step)
                 timer.add("denoiser", t_den)
-                yield from zip(batch, x0[:, 0], strict=True)
+                # grey [H, W]; colour [H, W, 3] (RGB, as the writers take it)
+                yield from zip(batch, x0[:, 0] if meta.channels == 1 else x0.transpose(0, 2, 3, 1), strict=True)
 
         def latent_stream() -> Iterator[tuple[_Item, npt.NDArray[np.float32]]]:
             """Latent packs: each series slice by slice (conditioned on the slice below), decoded in batches."""

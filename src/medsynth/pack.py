@@ -102,11 +102,14 @@ class PackMetadata:
     # conditioning support, per label: {"position": [lo, hi]} (positions seen in training)
     conditioning: dict[str, Any] = field(default_factory=dict)
     slice_spacing_mm: float | None = None  # the slice spacing the model was trained at (volumes)
+    channels: int = 1  # image channels of ``sample`` and ``prediction`` (3: RGB); pack.json omits 1
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("presets", "matrix", "pixel_spacing_mm", "physical_range", "labels", "data_sources"):
             d[k] = list(d[k])
+        if self.channels == 1:  # grey packs keep their pack.json (and identity) as before
+            d.pop("channels")
         if self.latent is None:
             for k in ("latent", "conditioning", "slice_spacing_mm"):
                 if not d[k]:
@@ -131,6 +134,8 @@ class PackMetadata:
             raise bad("labels must be a non-empty list of distinct names")
         if self.null_class != len(self.labels):
             raise bad(f"null_class {self.null_class} must equal the number of labels ({len(self.labels)})")
+        if self.channels not in (1, 3):
+            raise bad(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise bad(f"unknown prediction_type {self.prediction_type!r}")
         sc = self.schedule
@@ -181,6 +186,7 @@ class PackMetadata:
                 latent=LatentSpec.from_json(d["latent"]) if d.get("latent") else None,
                 conditioning=dict(d.get("conditioning") or {}),
                 slice_spacing_mm=float(d["slice_spacing_mm"]) if d.get("slice_spacing_mm") is not None else None,
+                channels=int(d.get("channels", 1)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelPackError(f"malformed pack.json ({exc!r})", path) from None

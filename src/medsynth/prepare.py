@@ -454,7 +454,7 @@ def load_label_rules(path: Path, preset: Preset) -> list[LabelRule]:
         for i, rec in enumerate(csv.reader(text.splitlines())):
             if not rec or not "".join(rec).strip() or rec[0].strip().startswith("#"):
                 continue
-            if i == 0 and [c.strip().lower() for c in rec[:2]] == ["name", "label"]:
+            if i == 0 and [c.strip().lower() for c in rec[:2]] in (["name", "label"], ["file", "label"]):
                 continue
             if len(rec) < 2:
                 raise ConfigError(f"line {i + 1}: expected name,label[,z_range]", path)
@@ -570,6 +570,10 @@ def prepare_dataset(
     if config.label is not None:
         preset.condition_index(config.label)
     rules = load_label_rules(config.labels_file, preset) if config.labels_file is not None else []
+    if preset.samples_per_pixel == 3:  # colour microscopy: its own reader, split by patient
+        from medsynth.microscopy import prepare_micro
+
+        return prepare_micro(inputs, output, config, preset, on_file=on_file)
     if config.n4 and preset.modality is not Modality.MR:
         raise ConfigError(f"--n4 applies to MR presets only, not {preset.name}")
 

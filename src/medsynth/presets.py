@@ -25,6 +25,7 @@ class Modality(str, Enum):
     CT = "CT"
     MR = "MR"
     DX = "DX"
+    GM = "GM"  # General Microscopy (VL Microscopic Image)
 
 
 class SOPClass(str, Enum):
@@ -33,6 +34,7 @@ class SOPClass(str, Enum):
     CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
     MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
     DX_IMAGE_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+    VL_MICROSCOPIC_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.2"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Preset:
     study_description: str
     series_description: str
     is_volume: bool = True
+    samples_per_pixel: int = 1  # 3: RGB colour (model space [3, H, W], DICOM RGB, PlanarConfiguration 0)
 
     def condition_index(self, label: str) -> int:
         """Index of ``label`` in ``conditions``; ConfigError naming the valid labels otherwise."""
@@ -261,6 +264,26 @@ PRESETS: dict[str, Preset] = {
             study_description="XR CHEST (SYNTHETIC)",
             series_description="Synthetic chest PA",
             is_volume=False,
+        ),
+        Preset(
+            name="micro-malaria",
+            description="Thin blood-smear red cell (Giemsa, light microscopy), RGB; parasitized or uninfected.",
+            modality=Modality.GM,
+            sop_class=SOPClass.VL_MICROSCOPIC_IMAGE,
+            matrix=(64, 64),
+            pixel_spacing_mm=(0.00012, 0.00012),  # nominal: each cell is scaled to fit the matrix
+            slice_thickness_mm=0.0,
+            intensity=IntensityMapping(physical_low=0.0, physical_high=255.0, unit="US", bits_stored=8),
+            windows=(Window(127.5, 255.0, "FULL RANGE"),),
+            body_part_examined="BLOOD",
+            anatomic_region=CodedConcept("87612001", "SCT", "Blood"),
+            conditions=("parasitized", "uninfected"),
+            default_condition="uninfected",
+            model_id="micro-malaria",
+            study_description="BLOOD SMEAR (SYNTHETIC)",
+            series_description="Synthetic thin-smear cell",
+            is_volume=False,
+            samples_per_pixel=3,
         ),
     )
 }

@@ -8,7 +8,7 @@ import click
 
 from medsynth.cli._common import echo_json, handle_errors
 
-_PRESETS = ["ct-pelvis", "ct-abdomen", "ct-chest", "mr-brain", "mr-cardiac", "xr-chest"]
+_PRESETS = ["ct-pelvis", "ct-abdomen", "ct-chest", "mr-brain", "mr-cardiac", "xr-chest", "micro-malaria"]
 
 
 @click.command("prepare")
@@ -27,7 +27,7 @@ _PRESETS = ["ct-pelvis", "ct-abdomen", "ct-chest", "mr-brain", "mr-cardiac", "xr
                    "(-300:-120mm). Default: slices whose body cross-section is >= 30% (CT) / 20% (MR) "
                    "of the largest.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
-              help="Split read from MedMNIST .npz files.")
+              help="Split read from MedMNIST .npz files; micro-malaria: train or held-out (test) patients.")
 @click.option("--n4", is_flag=True, help="MR: N4 bias-field correction (SimpleITK) before normalisation.")
 @click.option("--slice-spacing", type=float, default=None,
               help="Slice spacing in mm (0 = native). Default: max(preset slice thickness, native).")
@@ -54,6 +54,7 @@ def prepare(inputs: tuple[Path, ...], preset: str, output: Path, label: str | No
           --label pelvis --z-range 0:0.45 -o data/ct-pelvis
       medsynth prepare scans/ --modality mr-brain --labels-file labels.csv -o data/mr-brain
       medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest -o data/xr
+      medsynth prepare ../shared/data/micro/malaria_nih_cells --modality micro-malaria --label-from-folder -o data/micro
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -122,6 +122,9 @@ def describe(preset: Preset, condition: str | None, origin: PixelOrigin, series_
     region = anatomy.label
     if preset.modality is Modality.DX:
         what = f"{region} PA"
+    elif preset.modality is Modality.GM:
+        what = f"thin-smear cell{f' ({condition})' if condition else ''}"
+        region = "blood smear" if region == "blood" else region
     elif seq is not None:
         what = f"axial {seq.label} {region}" if seq.acquisition_type == "2D" else f"{seq.label} {region}"
     else:

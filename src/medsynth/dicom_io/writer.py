@@ -336,6 +336,8 @@ class SyntheticStudyWriter:
         rel = f"PT{pat_dir:06d}/ST{stu_dir:06d}/SE{series_index:06d}"
         enc = encoding or PixelEncoding.for_preset(self.preset)
         check_encoding(self.options.transfer_syntax, enc, f"{self.preset.name} pixels")
+        if self.preset.samples_per_pixel > 1 and self.options.transfer_syntax is not TransferSyntax.EXPLICIT:
+            raise ConfigError(f"{self.preset.name} (RGB) is written with --transfer-syntax explicit only")
         desc = description or describe(self.preset, self.provenance.condition, self.provenance.pixel_origin,
                                        series_index, self.options.series_per_study).series
         series = _Series(
@@ -365,8 +367,9 @@ class SyntheticStudyWriter:
         if series is None:
             raise DicomWriteError("write_slice() called before begin_series()")
         arr = np.asarray(pixels)
-        if arr.ndim != 2 or arr.shape != series.matrix:
-            raise InputError(f"slice {index} has shape {arr.shape}, expected {series.matrix}")
+        expected = series.matrix if self.preset.samples_per_pixel == 1 else (*series.matrix, 3)  # RGB [rows, cols, 3]
+        if arr.shape != expected:
+            raise InputError(f"slice {index} has shape {arr.shape}, expected {expected}")
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise InputError(f"slice {index} is not a real-valued numeric array (dtype {arr.dtype})")
         if not np.all(np.isfinite(arr)):
@@ -380,14 +383,15 @@ class SyntheticStudyWriter:
         sop_uid = self._uids.uid("instance", series.slot.patient, series.slot.study, series.slot.series, index)
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = index + 1
-        if self.preset.modality is not Modality.DX:
+        if self.preset.modality not in (Modality.DX, Modality.GM):
             pos = series.geometry.slice_position(index)
             ds.ImagePositionPatient = [ds_string(v) for v in pos]
             ds.SliceLocation = ds_string(float(np.dot(pos, series.geometry.slice_normal)))
         lo, hi = int(stored.min()), int(stored.max())
         vr = "SS" if series.encoding.signed else "US"
-        ds.add_new(0x00280106, vr, lo)  # SmallestImagePixelValue
-        ds.add_new(0x00280107, vr, hi)  # LargestImagePixelValue
+        if self.preset.samples_per_pixel == 1:
+            ds.add_new(0x00280106, vr, lo)  # SmallestImagePixelValue
+            ds.add_new(0x00280107, vr, hi)  # LargestImagePixelValue
         ds.PixelData = stored.tobytes()
 
         ds.file_meta = file_meta(self.preset.sop_class.value, sop_uid)
@@ -509,7 +513,7 @@ class SyntheticStudyWriter:
         ds.BodyPartExamined = anatomy.body_part
         if prov.pixel_origin.synthetic:
             ds.ProtocolName = text.protocol
-        if p.modality is not Modality.DX:
+        if p.modality not in (Modality.DX, Modality.GM):
             ds.PatientPosition = "HFS"
 
         # General Equipment: medsynth made synthetic pixels; a real scan's scanner is unknown (type 2)
@@ -548,6 +552,11 @@ class SyntheticStudyWriter:
         row_sp, col_sp = geom.spacing[1], geom.spacing[0]
         if p.modality is Modality.DX:
             add_dx_modules(ds, row_sp, col_sp, prov.pixel_origin)
+        elif p.modality is Modality.GM:  # VL Microscopic Image, RGB
+            from medsynth.dicom_io.microscopy import add_vl_microscopic_modules
+
+            specimen = self._uids.uid("specimen", series.slot.patient, series.slot.study, series.slot.series)
+            add_vl_microscopic_modules(ds, p, specimen, prov.pixel_origin, prov.condition)
         else:
             # Frame of Reference + Image Plane
             ds.FrameOfReferenceUID = series.frame_uid

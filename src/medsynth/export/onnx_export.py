@@ -52,9 +52,10 @@ def input_names(model: Denoiser) -> list[str]:
 def example_inputs(
     model: Denoiser, batch: int, matrix: tuple[int, int], num_train_timesteps: int, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
-    """Random inputs: noise [B,1,H,W], timesteps over the whole schedule, labels incl. the null class."""
+    """Random inputs: noise [B,C,H,W] (C = the model's image channels), timesteps over the whole schedule,
+    labels incl. the null class."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, 1, *matrix), generator=g)
+    x = torch.randn((batch, getattr(model, "image_channels", 1), *matrix), generator=g)
     t = torch.randint(0, num_train_timesteps, (batch,), generator=g)
     c = torch.randint(0, model.null_class + 1, (batch,), generator=g)
     if model.uses_position:

@@ -226,6 +226,7 @@ def _metadata(
         labels=labels,
         null_class=len(labels),
         uses_position=config.model.use_position,
+        channels=config.model.image_channels,
         default_guidance=float(guidance),
         default_sampler="dpmpp_2m",
         default_steps=25,

@@ -54,6 +54,7 @@ class ModelConfig:
     ``2 ** (len(channels) - 1)``); ``norm_num_groups`` must divide every entry (0 = the largest
     divisor ≤ 32 of all channels). ``use_position`` feeds the slice's relative position as a
     second, constant input channel. ``num_head_channels`` is capped at each level's width.
+    ``image_channels`` is the UNet's image input and output channels (1 grey, 3 RGB).
     """
 
     channels: tuple[int, ...] = (32, 64, 64)
@@ -63,6 +64,7 @@ class ModelConfig:
     norm_num_groups: int = 0
     use_flash_attention: bool = True
     use_position: bool = False
+    image_channels: int = 1  # channels of the image the UNet denoises (3: RGB); set from the dataset
 
     def resolved_norm_groups(self) -> int:
         if self.norm_num_groups > 0:
@@ -87,6 +89,8 @@ class ModelConfig:
             raise ConfigError("model.num_head_channels must be ≥ 1")
         if self.num_res_blocks < 1:
             raise ConfigError("model.num_res_blocks must be ≥ 1")
+        if self.image_channels not in (1, 3):
+            raise ConfigError(f"model.image_channels must be 1 (grey) or 3 (RGB), got {self.image_channels}")
         for c, att, h in zip(self.channels, self.attention_levels, self.resolved_head_channels(), strict=True):
             if att and c % h:
                 raise ConfigError(f"model.num_head_channels={h} must divide the {c} channels of an attention level")

@@ -1,10 +1,10 @@
 """The denoiser: MONAI's 2D ``DiffusionModelUNet`` wrapped so its inputs are those of a model pack.
 
-:class:`Denoiser` takes ``sample`` float32 [B, 1, H, W] (model space), ``timestep`` int64 [B],
+:class:`Denoiser` takes ``sample`` float32 [B, C, H, W] (model space; C = ``image_channels``, 1 or 3), ``timestep`` int64 [B],
 ``class_labels`` int64 [B] (``num_labels`` = the null class) and, when it uses the position
 condition, ``position`` float32 [B] in [0, 1]. The position is fed to the UNet as a second,
 constant input channel (so the exported ONNX graph keeps ``sample`` and ``position`` separate).
-Its output is [B, 1, H, W]: ε or v according to the schedule's prediction type.
+Its output is [B, C, H, W]: ε or v according to the schedule's prediction type.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ class Denoiser(nn.Module):
     def __init__(self, config: ModelConfig, num_labels: int) -> None:
         super().__init__()
         self.uses_position = config.use_position
+        self.image_channels = config.image_channels
         self.num_labels = num_labels
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=2 if config.use_position else 1,
-            out_channels=1,
+            in_channels=config.image_channels + (1 if config.use_position else 0),
+            out_channels=config.image_channels,
             num_res_blocks=config.num_res_blocks,
             channels=tuple(config.channels),
             attention_levels=tuple(config.attention_levels),
@@ -53,7 +54,7 @@ class Denoiser(nn.Module):
             if position is None:
                 raise ValueError("this denoiser needs a position input")
             # [B] → [B, 1, H, W]; centred to [-1, 1] like the image channel.
-            pos = (position.to(sample.dtype) * 2.0 - 1.0).reshape(-1, 1, 1, 1) * torch.ones_like(sample)
+            pos = (position.to(sample.dtype) * 2.0 - 1.0).reshape(-1, 1, 1, 1) * torch.ones_like(sample[:, :1])
             x = torch.cat([sample, pos], dim=1)
         return self.unet(x, timesteps=timestep, class_labels=class_labels)
 
@@ -87,14 +88,14 @@ def ddim_sample(
     device: torch.device,
     guidance: float = 1.0,
 ) -> torch.Tensor:
-    """Sample [B, 1, H, W] images in model space with MONAI's DDIM (η = 0).
+    """Sample [B, C, H, W] images in model space with MONAI's DDIM (η = 0).
 
     ``labels`` int64 [B]; ``positions`` float32 [B] or None; ``guidance`` > 1 mixes conditional and
     unconditional (null class) predictions (classifier-free guidance).
     """
     sched = ddim_scheduler(schedule, steps)
     b = int(labels.shape[0])
-    x = torch.randn((b, 1, *shape), generator=generator).to(device)
+    x = torch.randn((b, model.image_channels, *shape), generator=generator).to(device)
     labels = labels.to(device)
     pos = positions.to(device) if positions is not None else None
     null = torch.full_like(labels, model.null_class)

@@ -44,7 +44,7 @@ from rich.progress import (
 )
 
 from medsynth import __version__
-from medsynth.dataset import PreparedDataset, load_dataset
+from medsynth.dataset import PreparedDataset, image_channels, load_dataset
 from medsynth.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from medsynth.presets import Preset, get_preset
 from medsynth.training.checkpoint import (
@@ -157,7 +157,10 @@ def check_dataset(ds: PreparedDataset, config: TrainConfig) -> tuple[Preset, lis
         preset = get_preset(m.preset)
     except ConfigError as exc:
         raise DatasetError(exc.message, mpath) from None
-    h, w = (int(s) for s in ds.slices.shape[1:])
+    h, w = (int(s) for s in ds.slices.shape[-2:])
+    if image_channels(ds.slices) != preset.samples_per_pixel:
+        raise DatasetError(f"slices have {image_channels(ds.slices)} channel(s) but preset {preset.name} has "
+                           f"{preset.samples_per_pixel}; prepare the dataset again for this preset", ds.root)
     if (h, w) != tuple(preset.matrix):
         raise DatasetError(
             f"slices are {h}x{w} but preset {preset.name} models {preset.matrix[0]}x{preset.matrix[1]}; "
@@ -309,7 +312,7 @@ class StepDraws:
     """Every random value of one training step, for the whole global batch of B images.
 
     ``gains`` [B, 1, 1, 1] and ``shifts`` [B, 2] (augmentation, None when off), ``noise`` float32
-    [B, 1, H, W], ``timesteps`` int64 [B], ``drop`` bool [B] (label dropout, None when off).
+    [B, C, H, W], ``timesteps`` int64 [B], ``drop`` bool [B] (label dropout, None when off).
     """
 
     gains: torch.Tensor | None
@@ -320,11 +323,11 @@ class StepDraws:
 
     @classmethod
     def draw(cls, gen: torch.Generator, batch: int, hw: tuple[int, int], optim: OptimConfig,
-             num_timesteps: int) -> StepDraws:
+             num_timesteps: int, channels: int = 1) -> StepDraws:
         """Draw in a fixed order from the step's generator (the order of the single-process loop)."""
         gains, shifts = augment_draws(batch, optim.intensity_jitter, optim.max_shift_px, gen) if optim.augment \
             else (None, None)
-        noise = torch.randn((batch, 1, *hw), generator=gen)
+        noise = torch.randn((batch, channels, *hw), generator=gen)
         t = torch.randint(0, num_timesteps, (batch,), generator=gen)
         drop = torch.rand(batch, generator=gen) < optim.label_dropout if optim.label_dropout > 0 else None
         return cls(gains, shifts, noise, t, drop)
@@ -372,11 +375,13 @@ def save_sample_grid(
         imgs = ddim_sample(model, config.schedule, lab, pos, (h, w), config.optim.sample_steps, gen, device)
     finally:
         model.train(was_training)
-    phys = preset.intensity.to_physical(imgs[:, 0].float().cpu().numpy())
+    phys = preset.intensity.to_physical(imgs.float().cpu().numpy().transpose(0, 2, 3, 1))  # [B, H, W, C]
     win = preset.windows[0]
     lo, hi = win.center - win.width / 2, win.center + win.width / 2
     grey = (np.clip((phys - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
-    grid = np.zeros((n_lab * h, per * w), dtype=np.uint8)
+    if grey.shape[-1] == 1:
+        grey = grey[..., 0]
+    grid = np.zeros((n_lab * h, per * w, *grey.shape[3:]), dtype=np.uint8)
     for i in range(n_lab * per):
         r, c = divmod(i, per)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = grey[i]
@@ -446,6 +451,10 @@ def train(
         cfg = resolve_config(run_dir, resume, config_file, overrides)
     ds = load_dataset(dataset_dir)
     preset, warnings = check_dataset(ds, cfg)
+    if cfg.model.image_channels != preset.samples_per_pixel:  # the UNet's channels follow the images
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_channels=preset.samples_per_pixel))
     if preset.modality == "CT" and cfg.optim.intensity_jitter > 0:  # HU are absolute: ±5 % is ±53 HU at water
         import dataclasses
 
@@ -523,7 +532,8 @@ def _train(
     scheduler = ddpm_scheduler(cfg.schedule)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     sampler = BatchSampler(len(ds), o.batch_size, o.seed)
-    hw = (int(ds.slices.shape[1]), int(ds.slices.shape[2]))
+    hw = (int(ds.slices.shape[-2]), int(ds.slices.shape[-1]))
+    n_channels = cfg.model.image_channels
     chunks = micro_batches(mine.stop - mine.start, o.micro_batch)
     steps_target = o.steps
     hardware = hardware_string(device, threads) + ctx.describe()
@@ -549,7 +559,9 @@ def _train(
 
     def chunk_loss(idx: npt.NDArray[np.int64], draws: StepDraws) -> torch.Tensor:
         """The mean loss of the images ``idx`` with their ``draws`` (forward pass only)."""
-        x0 = torch.from_numpy(np.ascontiguousarray(ds.slices[idx], dtype=np.float32)).unsqueeze(1)
+        x0 = torch.from_numpy(np.ascontiguousarray(ds.slices[idx], dtype=np.float32))
+        if x0.ndim == 3:  # grey [B, H, W] → [B, 1, H, W]; RGB datasets are [B, 3, H, W] already
+            x0 = x0.unsqueeze(1)
         cls = torch.from_numpy(np.asarray(ds.labels[idx], dtype=np.int64))
         pos = torch.from_numpy(np.asarray(ds.positions[idx], dtype=np.float32))
         x0 = apply_augment(x0, draws.gains, draws.shifts, o.max_shift_px)
@@ -578,7 +590,8 @@ def _train(
                 gen = torch.Generator().manual_seed(_step_seed(o.seed, step, 0))
                 # the global batch and all its random draws, then this process's slice of both
                 idx = sampler.indices(step)[mine]
-                draws = StepDraws.draw(gen, o.batch_size, hw, o, cfg.schedule.num_train_timesteps).take(mine)
+                draws = StepDraws.draw(gen, o.batch_size, hw, o, cfg.schedule.num_train_timesteps,
+                                       n_channels).take(mine)
                 for group in optimizer.param_groups:
                     group["lr"] = o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
                 optimizer.zero_grad(set_to_none=True)
