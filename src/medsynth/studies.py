@@ -47,6 +47,9 @@ PA_VIEW = CodedConcept("399348003", "SCT", "postero-anterior")
 CT_SERIES = 5
 #: a reformat is cut in about this many slabs across the volume
 REFORMAT_SLABS = 16
+#: localizer and reformat images have at least this many rows (interpolated along z; the JPEG 2000
+#: encoder needs 32 pixels each way, and a PACS shows a 16-slice reformat as a thin strip otherwise)
+MIN_ROWS = 32
 
 
 class SeriesKind(str, Enum):
@@ -77,16 +80,35 @@ class DerivedSeries:
 # ------------------------------------------------------------------------------ CT derivations
 
 
+def _fill_rows(images: npt.NDArray[np.float64], sz: float) -> tuple[npt.NDArray[np.float64], float, float]:
+    """Images ``[k, n, w]`` whose rows are slices ``sz`` mm apart (row 0 = the top slice) →
+    ``[k, m, w]`` with m = max(n, MIN_ROWS) rows covering the same extent (n·sz mm, linear
+    interpolation between slice centres), their row spacing, and the z (mm) of the first row's
+    centre relative to the top slice's centre."""
+    n = images.shape[1]
+    if n >= MIN_ROWS:
+        return images, sz, 0.0
+    m = MIN_ROWS
+    row_sp = n * sz / m
+    f = np.clip((np.arange(m) + 0.5) * row_sp / sz - 0.5, 0.0, n - 1.0)
+    i0 = np.floor(f).astype(int)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (f - i0)[np.newaxis, :, np.newaxis]
+    out = images[:, i0] * (1.0 - w) + images[:, i1] * w
+    return out, row_sp, sz / 2.0 - row_sp / 2.0
+
+
 def localizer(volume: npt.NDArray[np.floating], geometry: VolumeGeometry) -> tuple[npt.NDArray[np.float64], VolumeGeometry]:
-    """An AP projection of an axial volume (mean along y, HU), as one coronal image ``[z, x]``
-    with the head at the top; placed at the volume's y centre."""
+    """An AP projection of an axial volume (mean along y, HU), as one coronal image ``[1, z, x]``
+    with the head at the top (at least MIN_ROWS rows, see :func:`_fill_rows`); placed at the
+    volume's y centre."""
     n, rows, _ = volume.shape
-    img = np.asarray(volume, dtype=np.float64).mean(axis=1)[::-1]
     sx, sy, sz = geometry.spacing
+    img, row_sp, dz = _fill_rows(np.asarray(volume, dtype=np.float64).mean(axis=1)[::-1][np.newaxis], sz)
     ox, oy, oz = geometry.origin
-    geom = VolumeGeometry(origin=(ox, oy + (rows - 1) * sy / 2.0, oz + (n - 1) * sz),
-                          spacing=(sx, sz, sy * rows), direction=(1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
-    return img[np.newaxis], geom
+    geom = VolumeGeometry(origin=(ox, oy + (rows - 1) * sy / 2.0, oz + (n - 1) * sz + dz),
+                          spacing=(sx, row_sp, sy * rows), direction=(1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
+    return img, geom
 
 
 def sharp_kernel(volume: npt.NDArray[np.floating], amount: float = 1.5, sigma_px: float = 1.0) -> npt.NDArray[np.float64]:
@@ -110,10 +132,10 @@ def coronal(volume: npt.NDArray[np.floating], geometry: VolumeGeometry) -> tuple
     step, count = _slabs(rows)
     v = np.asarray(volume, dtype=np.float64)[:, : step * count]
     slabs = v.reshape(n, count, step, v.shape[2]).mean(axis=2)  # [z, k, x]
-    images = np.transpose(slabs, (1, 0, 2))[:, ::-1]
     sx, sy, sz = geometry.spacing
+    images, row_sp, dz = _fill_rows(np.transpose(slabs, (1, 0, 2))[:, ::-1], sz)
     ox, oy, oz = geometry.origin
-    geom = VolumeGeometry(origin=(ox, oy + (step - 1) * sy / 2.0, oz + (n - 1) * sz), spacing=(sx, sz, step * sy),
+    geom = VolumeGeometry(origin=(ox, oy + (step - 1) * sy / 2.0, oz + (n - 1) * sz + dz), spacing=(sx, row_sp, step * sy),
                           direction=(1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
     return images, geom
 
@@ -125,11 +147,11 @@ def sagittal(volume: npt.NDArray[np.floating], geometry: VolumeGeometry) -> tupl
     step, count = _slabs(cols)
     v = np.asarray(volume, dtype=np.float64)[:, :, cols - step * count:][:, :, ::-1]  # x descending
     slabs = v.reshape(n, v.shape[1], count, step).mean(axis=3)  # [z, y, k]
-    images = np.transpose(slabs, (2, 0, 1))[:, ::-1]
     sx, sy, sz = geometry.spacing
+    images, row_sp, dz = _fill_rows(np.transpose(slabs, (2, 0, 1))[:, ::-1], sz)
     ox, oy, oz = geometry.origin
     x0 = ox + (cols - 1) * sx - (step - 1) * sx / 2.0
-    geom = VolumeGeometry(origin=(x0, oy, oz + (n - 1) * sz), spacing=(sy, sz, step * sx),
+    geom = VolumeGeometry(origin=(x0, oy, oz + (n - 1) * sz + dz), spacing=(sy, row_sp, step * sx),
                           direction=(0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
     return images, geom
 
@@ -166,7 +188,7 @@ def ct_series(volume: npt.NDArray[np.floating], geometry: VolumeGeometry, header
     return [
         DerivedSeries(SeriesKind.LOCALIZER, loc_img, loc_geom, sc.localizer or "Localizer",
                       {"ImageType": ["DERIVED", "SECONDARY", "LOCALIZER"], "KVP": "120", "XRayTubeCurrent": 35,
-                       "SliceThickness": None, "SpacingBetweenSlices": None}),
+                       "SliceThickness": "", "SpacingBetweenSlices": None}),
         DerivedSeries(SeriesKind.AXIAL, vol, geometry, _ct_description(sc.style, "axial", region, soft, thk),
                       {**tech, "ConvolutionKernel": soft}),
         DerivedSeries(SeriesKind.SHARP, sharp_kernel(vol), geometry,
