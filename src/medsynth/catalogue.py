@@ -160,7 +160,7 @@ def ct_technique(rng: np.random.Generator) -> dict[str, Any]:
     CTDIvol = effective mAs / 100 × the catalogue's CTDIvol per 100 mAs at that kVp."""
     t = load_catalogue()["ct"]["technique"]
     kvp = int(weighted(rng, t["kvp"]))
-    mas = float(rng.uniform(*t["mas"]))
+    mas = float(round(rng.uniform(*t["mas"])))
     pitch = float(weighted(rng, t["pitch"]))
     rotation = float(weighted(rng, t["rotation_s"]))
     ma = mas * pitch / rotation  # effective mAs = mA × rotation time / pitch
