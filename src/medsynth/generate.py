@@ -83,6 +83,7 @@ class GenerateConfig:
     transfer_syntax: str = "explicit"  # see medsynth.dicom_io.transfer_syntax.TransferSyntax
     shard: Shard | None = None  # generate only this shard's patients (see medsynth.shard)
     identity: Any = None  # medsynth.dicom_io.identity.IdentityOptions (None: the defaults); e.g. from a cohort
+    uid_root: str | None = None  # UID prefix (None: 2.25 UUID-derived UIDs)
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -440,7 +441,7 @@ def generate(
         syntax = TransferSyntax.parse(cfg.transfer_syntax)
         options = WriterOptions(patients=cfg.patients, studies_per_patient=cfg.studies, series_per_study=cfg.series,
                                 slices_per_series=n_slices, seed=seed if cfg.reproducible_uids else None,
-                                transfer_syntax=syntax,
+                                transfer_syntax=syntax, uid_root=cfg.uid_root,
                                 **({"identity": cfg.identity} if cfg.identity is not None else {}))
         writer = SyntheticStudyWriter(out_dir, preset, options, provenance, force=cfg.force)
         writer.manifest_extra.update(run_info)

@@ -38,10 +38,14 @@ def cohort_option(func: F) -> F:
 
         cohort = load_cohort(cohort_file)
         console = Console(stderr=True)
-        with console.status("generating the cohort") as status:
-            summary = generate_cohort(
-                cohort, kwargs["out_dir"], force=kwargs.get("force", False), threads=kwargs.get("threads"),
-                on_progress=status.update)
+        if kwargs.get("no_progress") or kwargs.get("as_json"):
+            summary = generate_cohort(cohort, kwargs["out_dir"], force=kwargs.get("force", False),
+                                      threads=kwargs.get("threads"))
+        else:
+            with console.status("generating the cohort") as status:
+                summary = generate_cohort(
+                    cohort, kwargs["out_dir"], force=kwargs.get("force", False), threads=kwargs.get("threads"),
+                    on_progress=status.update)
         if kwargs.get("as_json"):
             echo_json(summary)
         else:

@@ -10,6 +10,7 @@ import click
 from medsynth.cli._common import echo_json, handle_errors
 from medsynth.cli.cohort import cohort_option
 from medsynth.cli.derived import derived_options
+from medsynth.cli.identity_options import identity_options
 from medsynth.push.options import push_options
 
 
@@ -63,6 +64,7 @@ def _shard(text: str | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
 @push_options(send_flag=True)
 @handle_errors
+@identity_options
 @cohort_option
 @derived_options
 def generate(modality: str, out_dir: Path, patients: int, studies: int, series: int, slices: int,
@@ -82,6 +84,8 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
       medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
+      medsynth generate -m mr-brain --patients 5 --sex F --age 40-60 --study-dates 2023-01-01:2023-12-31 \
+        --name-prefix TESTPAT --id-prefix TP --uid-root 1.2.826.0.1.3680043.10.999 --no-progress -o out/
       medsynth generate -m ct-chest --patients 100 --seed 1 --reproducible-uids --shard 0/4 -o run/shard0/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
       medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
@@ -104,6 +108,8 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
     from medsynth.generate import generate as run_generate
     from medsynth.push.options import check_push, finish_push, push_config_from_options, run_push
 
+    identity, uid_root = push_kwargs.pop("identity", None), push_kwargs.pop("uid_root", None)
+    no_progress = push_kwargs.pop("no_progress", False)
     send_report = push_kwargs.pop("push_report", None)
     push_cfg = push_config_from_options(push_kwargs)  # checked before sampling; None without --send
     if push_cfg is not None and fmt != "dicom":
@@ -114,7 +120,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         model_dir=model_dir, device=device,  # type: ignore[arg-type]
         threads=threads, batch_size=batch_size, format=fmt,  # type: ignore[arg-type]
         preview=preview, force=force, reproducible_uids=reproducible_uids, transfer_syntax=transfer_syntax,
-        shard=_shard(shard),
+        shard=_shard(shard), identity=identity, uid_root=uid_root,
     )
     if as_json:
         summary = run_generate(cfg).to_json()
@@ -128,7 +134,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[step]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=False) as bar:
+                  console=console, transient=False, disable=no_progress) as bar:
         task = bar.add_task("slices", total=None, step="")
         result = run_generate(
             cfg,
@@ -155,4 +161,4 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         table.add_row(k, v)
     Console().print(table)
     if push_cfg is not None:
-        finish_push(result.out_dir, push_cfg, json_out=False, report_path=send_report)
+        finish_push(result.out_dir, push_cfg, json_out=False, report_path=send_report, progress=not no_progress)
