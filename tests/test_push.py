@@ -494,3 +494,50 @@ def test_generate_send_pushes_what_it_wrote(pacs: Orthanc, tmp_path: Path) -> No
                                    str(tmp_path / "png"), "--send", "--stow", f"{pacs.url}/dicom-web/studies"])
     assert res.exit_code == 2 and "--send needs --format dicom" in res.output
     assert not (tmp_path / "png").exists()
+
+
+# --------------------------------------------------------------------------------------- parallel associations
+def test_parallel_associations_store_everything_and_resume(pacs: Orthanc, writer_folder: Path) -> None:
+    res = CliRunner().invoke(cli, [*_dimse_args(pacs, writer_folder), "--associations", "3", "--batch-size", "1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["counts"]["sent"] == 5 and rep["counts"]["failed"] == 0
+    originals = _files_by_uid(writer_folder)
+    _assert_stored_identically(pacs, originals)
+    state = json.loads((writer_folder / STATE_FILENAME).read_text())
+    assert sorted(state["destinations"][f"dicom://MEDSYNTHPACS@127.0.0.1:{pacs.dicom_port}"]["acknowledged"]) == sorted(
+        originals)
+    res = CliRunner().invoke(cli, [*_dimse_args(pacs, writer_folder), "--associations", "3", "--json"])
+    assert json.loads(res.stdout)["counts"]["already_present"] == 5
+
+
+def test_parallel_associations_keep_retry_and_failure_semantics(flaky_scp: tuple[int, list[str]],
+                                                                mixed_folder: Path) -> None:
+    """An aborted association is retried, a failure status is reported per instance, the state file lists
+    exactly the acknowledged instances — with 3 associations as with one."""
+    port, received = flaky_scp
+    ds = dcmread(mixed_folder / "ct" / "ct0.dcm")
+    ds.PatientID = "REFUSE"
+    ds.save_as(mixed_folder / "ct" / "ct0.dcm")
+    cfg = PushConfig(DimseTarget("127.0.0.1", port, "FLAKY"), timeout_s=5, retries=2, backoff_s=0.05,
+                     batch_size=1, associations=3)
+    report = push_folder(mixed_folder, cfg, progress=False)
+    by_path = {r.path: r for r in report.instances}
+    assert by_path["ct/ct0.dcm"].status is InstanceStatus.FAILED and by_path["ct/ct0.dcm"].status_code == 0xA701
+    sent = {r.sop_instance_uid for r in report.instances if r.status is InstanceStatus.SENT}
+    assert len(sent) == 4 and set(received[1:]) == sent and received[0] == "ABORTED"
+    assert sum(r.attempts for r in report.instances) == 6 + 1  # one batch was aborted and sent again
+    state = json.loads((mixed_folder / STATE_FILENAME).read_text())
+    assert set(state["destinations"][f"dicom://FLAKY@127.0.0.1:{port}"]["acknowledged"]) == sent
+
+
+def test_parallel_associations_stop_on_a_permanent_refusal(pacs: Orthanc, mixed_folder: Path) -> None:
+    cfg = PushConfig(DimseTarget("127.0.0.1", pacs.dicom_port, "NOTTHEPACS"), timeout_s=5, backoff_s=2,
+                     batch_size=1, associations=4, echo=False)
+    t0 = time.monotonic()
+    report = push_folder(mixed_folder, cfg, progress=False)
+    assert time.monotonic() - t0 < 5  # no back-off, the other associations stop
+    assert not report.ok and len(report.errors) == 1 and "rejected" in report.errors[0]
+    assert all(r.status is InstanceStatus.FAILED for r in report.instances)
+    assert pacs.get_json("/instances") == []

@@ -95,6 +95,7 @@ class PushConfig:
     transient, connection refused/reset/aborted, time-out, HTTP 429/5xx), waiting ``backoff_s``,
     2×, 4×… (at most 30 s) between attempts. ``state_path`` defaults to
     ``DIR/.medsynth-push-state.json``; ``resume=False`` resends instances already acknowledged.
+    ``associations`` batches are in flight at once (one association or request each, one thread each).
     """
 
     target: Target
@@ -105,6 +106,7 @@ class PushConfig:
     resume: bool = True
     state_path: Path | None = None
     echo: bool = True  # C-ECHO before sending (DIMSE only)
+    associations: int = 1  # batches sent at once, each on its own association / HTTP request
 
 
 @dataclass

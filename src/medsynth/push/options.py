@@ -57,6 +57,8 @@ _DEST: list[tuple[str, dict[str, Any]]] = [
 _TUNING: list[tuple[str, dict[str, Any]]] = [
     ("batch-size", dict(type=click.IntRange(min=1), default=50, show_default=True,
                         help="Instances per association (C-STORE) or per request (STOW-RS).")),
+    ("associations", dict(type=click.IntRange(1, 64), default=1, show_default=True,
+                          help="Batches sent in parallel, each on its own association (or HTTP request).")),
     ("retries", dict(type=click.IntRange(min=0), default=3, show_default=True,
                      help="Extra attempts after a transient failure (exponential back-off).")),
     ("backoff", dict(type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -181,6 +183,7 @@ def push_config_from_options(kwargs: dict[str, Any], *, require: bool = True) ->
     return PushConfig(
         target=target,
         batch_size=int(num("push_batch_size", 50)),
+        associations=int(num("push_associations", 1)),
         retries=int(num("push_retries", 3)),
         backoff_s=num("push_backoff", 1.0),
         timeout_s=num("push_timeout", 30.0),

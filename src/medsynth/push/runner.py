@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ class Sender(Protocol):
 
 
 def _validate(config: PushConfig) -> None:
+    if not 1 <= config.associations <= 64:
+        raise ConfigError(f"associations must be 1..64, got {config.associations}")
     if config.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
     if config.retries < 0:
@@ -84,7 +87,8 @@ def push_folder(
     DICOMDIR), skips instances this destination acknowledged in an earlier run (state file
     ``folder/.medsynth-push-state.json`` or ``config.state_path`` — the only file written, atomically,
     after every batch), C-ECHOes first (DIMSE), then sends batches (one association or one HTTP request
-    each), retrying what a transient failure left unanswered with exponential back-off.
+    each; ``config.associations`` of them at once, one thread and sender each), retrying what a transient
+    failure left unanswered with exponential back-off. A permanent refusal stops every association.
 
     Never raises for remote problems: they end up in the report (``report.ok`` is False). Raises
     ConfigError for invalid settings, InputError when ``folder`` is not a folder, OutputError when the
@@ -124,47 +128,111 @@ def push_folder(
             if r.status is not InstanceStatus.SENT:
                 r.status, r.reason = InstanceStatus.FAILED, reason
 
+    lock = threading.Lock()
+    refused: list[RemoteRefused] = []
+    senders: list[Sender] = [snd]
+
+    def run_batch(batch: list[Instance], s: Sender, advance: Callable[[int], None]) -> None:
+        """Send one batch (retrying what is left unanswered); state saved after every answer."""
+        pending = list(batch)
+        attempt = 0
+        while pending:
+            if refused:
+                return
+            with lock:
+                for inst in pending:
+                    results[inst.sop_instance_uid].attempts += 1
+            outcome = s.send(pending, advance)
+            with lock:
+                newly: list[str] = []
+                for uid, ack in outcome.acks.items():
+                    r = results[uid]
+                    r.status, r.status_code, r.reason, r.warning = ack.status, ack.code, ack.reason, ack.warning
+                    if ack.status is InstanceStatus.SENT:
+                        newly.append(uid)
+                if newly:
+                    state.add(dest, newly)
+                    state.save()
+            pending = [i for i in pending if i.sop_instance_uid not in outcome.acks]
+            if not pending:
+                break
+            reason = outcome.transient or "no answer from the remote"
+            if attempt >= config.retries:
+                with lock:
+                    fail_rest(pending, f"{reason} (gave up after {attempt + 1} attempts)")
+                advance(len(pending))
+                break
+            _sleep_backoff(config, attempt)
+            attempt += 1
+
     with _progress_bar(progress, len(todo), config.target.describe()) as advance:
         try:
             if todo and config.echo:
                 _echo_with_retries(snd, config)
-            for batch in _batches(todo, config):
-                pending = list(batch)
-                attempt = 0
-                while pending:
-                    for inst in pending:
-                        results[inst.sop_instance_uid].attempts += 1
-                    outcome = snd.send(pending, advance)
-                    newly: list[str] = []
-                    for uid, ack in outcome.acks.items():
-                        r = results[uid]
-                        r.status, r.status_code, r.reason, r.warning = ack.status, ack.code, ack.reason, ack.warning
-                        if ack.status is InstanceStatus.SENT:
-                            newly.append(uid)
-                    if newly:
-                        state.add(dest, newly)
-                        state.save()
-                    pending = [i for i in pending if i.sop_instance_uid not in outcome.acks]
-                    if not pending:
-                        break
-                    reason = outcome.transient or "no answer from the remote"
-                    if attempt >= config.retries:
-                        fail_rest(pending, f"{reason} (gave up after {attempt + 1} attempts)")
-                        advance(len(pending))
-                        break
-                    _sleep_backoff(config, attempt)
-                    attempt += 1
+            batches = _batches(todo, config)
+            if config.associations == 1 or len(batches) == 1:
+                for batch in batches:
+                    run_batch(batch, snd, advance)
+            else:
+                _run_parallel(batches, config, snd, sender is not None, senders, run_batch, advance, lock, refused)
+            if refused:
+                raise refused[0]
         except RemoteRefused as err:
             unsent = [i for i in todo if results[i.sop_instance_uid].status is InstanceStatus.FAILED
                       and not results[i.sop_instance_uid].reason]
             fail_rest(unsent, err.reason)
             report.errors.append(err.reason)
         finally:
-            close = getattr(snd, "close", None)
-            if callable(close):
-                close()
+            for s in senders:
+                close = getattr(s, "close", None)
+                if callable(close):
+                    close()
     report.finished = time.time()
     return report
+
+
+def _run_parallel(batches: list[list[Instance]], config: PushConfig, snd: Sender, shared: bool,
+                  senders: list[Sender], run_batch: Callable[[list[Instance], Sender, Callable[[int], None]], None],
+                  advance: Callable[[int], None], lock: threading.Lock, refused: list[RemoteRefused]) -> None:
+    """``config.associations`` threads take batches from a queue, each with its own sender (one
+    association per batch, as with one thread); a RemoteRefused stops every thread before its next
+    batch. A caller-given sender is shared (it must be thread-safe)."""
+    import queue
+
+    work: queue.Queue[list[Instance]] = queue.Queue()
+    for b in batches:
+        work.put(b)
+    safe_advance = _locked(advance, lock)
+
+    def worker(s: Sender) -> None:
+        while not refused:
+            try:
+                batch = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run_batch(batch, s, safe_advance)
+            except RemoteRefused as err:
+                with lock:
+                    refused.append(err)
+                return
+
+    n = min(config.associations, len(batches))
+    own = [snd] + [snd if shared else make_sender(config) for _ in range(n - 1)]
+    senders[:] = list(dict.fromkeys(own))
+    threads = [threading.Thread(target=worker, args=(s,), name=f"medsynth-push-{k}", daemon=True)
+               for k, s in enumerate(own)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _locked(advance: Callable[[int], None], lock: threading.Lock) -> Callable[[int], None]:
+    def call(n: int) -> None:
+        with lock:
+            advance(n)
+    return call
 
 
 def _echo_with_retries(snd: Sender, config: PushConfig) -> None:
