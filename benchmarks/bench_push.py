@@ -1,6 +1,7 @@
 """Instances/s pushed to a local Orthanc: medsynth C-STORE, medsynth STOW-RS, dcmtk storescu.
 
     python benchmarks/bench_push.py [--n 200] [--repeats 3] [--batch-size 50]
+    python benchmarks/bench_push.py --associations 1,2,4 [--batch-size 20]   # parallel associations only
 
 Files: pydicom's CT_small.dcm (128×128 16-bit CT, ~39 KB) copied N times with new UIDs. Orthanc runs on
 loopback with a temporary storage (started and stopped here, by PID); it is emptied before every
@@ -39,12 +40,12 @@ def make_files(folder: Path, n: int) -> None:
         src.save_as(folder / f"ct{k:05d}.dcm")
 
 
-def run_medsynth(o: Orthanc, folder: Path, state: Path, stow: bool, batch: int) -> float:
+def run_medsynth(o: Orthanc, folder: Path, state: Path, stow: bool, batch: int, associations: int = 1) -> float:
     from medsynth.push import DimseTarget, PushConfig, StowAuth, StowTarget, push_folder
 
     target = (StowTarget(f"{o.url}/dicom-web/studies", StowAuth("basic", "bench", "bench", "benchmark"))
               if stow else DimseTarget("127.0.0.1", o.dicom_port, o.aet))
-    cfg = PushConfig(target, batch_size=batch, resume=False, state_path=state, timeout_s=60)
+    cfg = PushConfig(target, batch_size=batch, resume=False, state_path=state, timeout_s=60, associations=associations)
     t0 = time.perf_counter()
     report = push_folder(folder, cfg, progress=False)
     dt = time.perf_counter() - t0
@@ -80,7 +81,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--associations", help="only compare C-STORE with these numbers of parallel associations, e.g. 1,2,4")
     args = ap.parse_args()
+    if args.associations:
+        compare_associations(args, [int(a) for a in args.associations.split(",")])
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
     files = tmp / "files"
     files.mkdir()
@@ -120,6 +125,36 @@ def main() -> None:
     for label, name, times in results:
         med = statistics.median(times)
         print(f"| {label} | {name} | {med:.2f} | {args.n / med:.0f} |")
+
+
+def compare_associations(args: argparse.Namespace, counts: list[int]) -> None:
+    """C-STORE of the same files with 1..N parallel associations (Orthanc with TCP_NODELAY=1)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    files = tmp / "files"
+    files.mkdir()
+    make_files(files, args.n)
+    o = start_orthanc(tmp / "orthanc", env={"TCP_NODELAY": "1"})
+    medians: dict[int, float] = {}
+    try:
+        for a in counts:
+            times = []
+            for _ in range(args.repeats):
+                o.clear()
+                times.append(run_medsynth(o, files, tmp / "s.json", False, args.batch_size, a))
+                if len(o.get_json("/instances")) != args.n:
+                    raise SystemExit(f"{a} associations: Orthanc does not hold {args.n} instances")
+            medians[a] = statistics.median(times)
+            print(f"{a} associations: {[round(t, 2) for t in times]}", file=sys.stderr)
+    finally:
+        o.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = medians[counts[0]]
+    print(f"\n{args.n} × CT_small.dcm, batch {args.batch_size}, Orthanc on loopback (TCP_NODELAY=1), "
+          f"median of {args.repeats}, {os.cpu_count()} CPUs\n")
+    print("| associations | seconds | instances/s | speed-up vs 1 |")
+    print("|---|---|---|---|")
+    for a, med in medians.items():
+        print(f"| {a} | {med:.2f} | {args.n / med:.0f} | {base / med:.2f}x |")
 
 
 if __name__ == "__main__":
