@@ -23,9 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from medsynth.dataset import load_dataset
-from medsynth.evaluation.micro import CnnConfig, evaluate_micro, markdown_table, read_dicom_cells, to_uint8
+from medsynth.evaluation.micro import (
+    CnnConfig,
+    evaluate_micro,
+    markdown_table,
+    read_dicom_cells,
+    to_uint8,
+    write_micro_quality,
+)
 from medsynth.generate import GenerateConfig, generate
-from medsynth.microscopy import SPLIT_SALT
+from medsynth.microscopy import SPLIT_SALT, is_held_out, patient_id
 from medsynth.pack import bundled_packs_dir
 from medsynth.prepare import PrepareConfig, prepare_dataset
 
@@ -60,6 +67,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=12, help="CNN epochs")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     ap.add_argument("--sheet", type=Path, default=None, help="write a contact sheet (real and synthetic rows)")
+    ap.add_argument("--write", action="store_true",
+                    help="record the result in the pack (pack.json quality, MODEL_CARD.md) and benchmarks/micro_quality.json")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -93,9 +102,17 @@ def main() -> int:
     result.update({"pack": str(args.pack), "synthetic_per_class": args.per_class, "seed": args.seed,
                    "split": f"by patient: sha256({SPLIT_SALT}:patient) mod 5 == 0 held out",
                    "generate_seconds": round(gen_s, 1), "total_seconds": round(time.perf_counter() - t0, 1)})
+    names = [p.name for p in (DATA / CELLS).rglob("*.png")]
+    result["held_out_patients"] = sorted({patient_id(n) for n in names if is_held_out(patient_id(n))},
+                                         key=lambda p: (p[0], int("".join(c for c in p if c.isdigit()) or 0), p))
     print(markdown_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.write:
+        command = "python benchmarks/eval_micro.py --write" + (
+            f" --per-class {args.per_class}" if args.per_class != 200 else "")
+        write_micro_quality(args.pack, result, command)
+        (Path(__file__).parent / "micro_quality.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

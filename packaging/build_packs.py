@@ -137,6 +137,11 @@ def stage_evaluate(pid: str, recipe: dict[str, Any], work: Path, shared: Path, n
     from medsynth.evaluation.report import write_report
 
     pack_dir = PACKS / pid
+    if recipe.get("evaluation") == "micro":  # RGB cells: CNN per class, colour histograms, memorisation
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_micro.py"), "--pack", str(pack_dir), "--write"],
+                       check=True)
+        describe_card(pack_dir, recipe.get("seen", ""))
+        return
     os.environ.setdefault("MEDSYNTH_PACK_DATASETS", str(work / "_datasets"))
     ds_link = work / "_datasets" / pid
     ds_link.parent.mkdir(parents=True, exist_ok=True)

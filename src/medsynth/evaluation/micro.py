@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,3 +270,78 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{s[f'frac_ge_{MEMORISATION_THRESHOLD}']:.3f} / {s[f'frac_ge_{COPY_THRESHOLD}']:.3f} | "
                      f"{b[f'frac_ge_{MEMORISATION_THRESHOLD}']:.3f} / {b[f'frac_ge_{COPY_THRESHOLD}']:.3f} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- the pack's record
+
+def gate(result: dict[str, Any]) -> list[str]:
+    """The failures of QUALITY.md's micro gate: per class, synthetic CNN accuracy more than
+    :data:`ACCURACY_TOLERANCE` below (or above) held-out real; copies of training cells."""
+    failures = []
+    for name, row in result["per_class"].items():
+        if "accuracy_gap" in row and not row["within_tolerance"]:
+            failures.append(f"classifier accuracy on synthetic {name} cells {100 * row['synthetic']['accuracy']:.1f} % "
+                            f"vs {100 * row['held_out_real']['accuracy']:.1f} % on held-out real cells "
+                            f"({100 * row['accuracy_gap']:+.1f} points; tolerance ±{100 * ACCURACY_TOLERANCE:.0f})")
+    mem = result.get("memorisation")
+    if mem and mem["copies"]:
+        failures.append("copies of training cells (nearest-train SSIM ≥ 0.99 more often than held-out real + 0.05)")
+    return failures
+
+
+def write_micro_quality(pack_dir: Path, result: dict[str, Any], command: str) -> None:
+    """Record ``result`` in the pack: pack.json ``quality`` and MODEL_CARD.md's Quality section (plus
+    the data citation, the held-out patients and a gate banner when a threshold is missed)."""
+    meta_path = pack_dir / "pack.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    failures = gate(result)
+    meta["quality"] = {
+        "evaluation": "micro (benchmarks/eval_micro.py)", "command": command, "thresholds_met": not failures,
+        "failures": failures,
+        "per_class": {k: {"synthetic": v.get("synthetic"), "held_out_real": v["held_out_real"],
+                          "accuracy_gap": v.get("accuracy_gap"),
+                          "colour_kl": v.get("colour_synthetic_vs_held_out", {}).get("kl"),
+                          "colour_kl_baseline": v.get("colour_baseline_train_vs_held_out", {}).get("kl"),
+                          "colour_cramers_v": v.get("colour_synthetic_vs_held_out", {}).get("cramers_v"),
+                          "colour_cramers_v_baseline": v.get("colour_baseline_train_vs_held_out", {}).get("cramers_v")}
+                      for k, v in result["per_class"].items()},
+        "memorisation": result.get("memorisation"),
+        "held_out_patients": result.get("held_out_patients", []),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    card_path = pack_dir / "MODEL_CARD.md"
+    card = card_path.read_text(encoding="utf-8")
+    card = card.replace("**synthetic** GM slices of", "**synthetic** RGB light-microscopy images (thin blood-smear red "
+                        "cells, Giemsa) of", 1)
+    head, _, rest = card.partition("## Quality")
+    _, _, tail = rest.partition("## Limitations")
+    head = re.sub(r"> \*\*Below the acceptance gate[^\n]*\n\n", "", head)  # a previous run's banner
+    if failures:
+        title, _, body = head.partition("\n\n")
+        head = (f"{title}\n\n> **Below the acceptance gate of QUALITY.md** ({'; '.join(failures)}). A CPU-trained "
+                f"starter pack; `medsynth generate` says so in its notes.\n\n{body}")
+    patients = ", ".join(result.get("held_out_patients", []))
+    quality = (
+        "## Quality\n\n"
+        f"Measured by `{command}` (medsynth's own `generate` path: DICOM written and read back; "
+        f"{result.get('synthetic_per_class', '?')} synthetic cells per condition, seed {result.get('seed', '?')}).\n\n"
+        "Data: NIH/NLM malaria cell images, public domain (NLM-produced), from Rajaraman S, Antani SK, Poostchi M, "
+        "et al. *Pre-trained convolutional neural networks as feature extractors toward improved malaria parasite "
+        "detection in thin blood smear images.* PeerJ 6:e4568 (2018). The 2,400-cell subset in "
+        "`../shared/data/micro/malaria_nih_cells/` is split **by patient** (file names carry the slide/patient id): "
+        f"{result.get('split', '')}. Training patients: {result['n_train']} cells; held-out patients: "
+        f"{result['n_held_out']} cells, from the patients {patients}.\n\n"
+        "The CNN (the paper's classifier test) is trained on the training patients' real cells only; its accuracy "
+        "on the held-out patients' real cells is the baseline for its accuracy on synthetic cells of each "
+        "condition. Colour histograms: per-channel 8-bit histograms (32 bins), synthetic vs held-out real cells "
+        "of the class, beside as many training-patient real cells vs the same held-out cells. Memorisation: "
+        "nearest training cell by SSIM (luminance), beside the held-out real cells' own. Brackets: 95 % Wilson "
+        "intervals.\n\n" + markdown_table(result) + "\n\n"
+        + (f"Gate: **missed** — {'; '.join(failures)}.\n\n" if failures else "Gate: met (every class within "
+           f"{100 * ACCURACY_TOLERANCE:.0f} points of held-out real; no copies).\n\n"))
+    tail = ("\n\nEach cell is rescaled to fill the 64×64 matrix (aspect kept, padded with the black smear "
+            "background), so relative cell size is not modelled and the files carry no PixelSpacing. Trained on a "
+            "CPU for few steps on one public 2,400-cell subset (one lab, one stain protocol): expect the colour range "
+            "and cell shapes of this data set, not of other smears. Synthetic cells are not validated for training "
+            "or testing parasite detectors for clinical use. Always look at samples before use.\n")
+    card_path.write_text(head + quality + "## Limitations" + tail, encoding="utf-8")
