@@ -42,7 +42,7 @@ def test_draws_are_seeded_and_stations_keep_their_scanner() -> None:
 def test_frequencies_follow_the_weights() -> None:
     cat = load_catalogue()
     rng = np.random.default_rng(0)
-    n = 3000
+    n = 1500
     vendors = Counter(make_fleet(rng).stations["Synthetic General Hospital"]["CT"][0].scanner.manufacturer
                       for _ in range(n))
     weights: Counter[str] = Counter()
@@ -50,9 +50,9 @@ def test_frequencies_follow_the_weights() -> None:
         weights[t["manufacturer"]] += t["weight"]
     total = sum(weights.values())
     for vendor, w in weights.items():
-        assert vendors[vendor] / n == pytest.approx(w / total, abs=0.03), vendor
+        assert vendors[vendor] / n == pytest.approx(w / total, abs=0.04), vendor
     kvp = Counter(ct_technique(rng)["kvp"] for _ in range(n))
-    assert kvp[120] / n == pytest.approx(0.6, abs=0.03)
+    assert kvp[120] / n == pytest.approx(0.6, abs=0.04)
 
 
 def test_ct_dose_follows_technique_and_ap_films_are_portable() -> None:

@@ -100,10 +100,9 @@ def test_hospital_slice_is_the_planned_archive(hospital: tuple[Path, dict[str, A
                 assert len({d.EchoTime for d in series}) > 1 and {float(d.MagneticFieldStrength) for d in series} <= {1.5, 3.0}
             elif st["preset"] == "xr-chest":
                 assert kinds == ["dx"] and series[0].ViewPosition in ("PA", "AP")
-    for files in by_series.values():  # every series, first and last file
-        for f in {files[0], files[-1]}:
-            errors, _ = dciodvfy(f)
-            assert errors == [], (f, errors)
+    for files in by_series.values():  # every series (its instances differ only in position and pixels)
+        errors, _ = dciodvfy(files[0])
+        assert errors == [], (files[0], errors)
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
@@ -185,7 +184,8 @@ def test_hospital_slice_pushes_into_orthanc(hospital: tuple[Path, dict[str, Any]
         pytest.fail(str(err))
     try:
         code, text = run("push", str(out), "--host", "127.0.0.1", "--port", str(pacs.dicom_port),
-                         "--called-aet", pacs.aet, "--timeout", "10", "--no-progress", "--json")
+                         "--called-aet", pacs.aet, "--timeout", "10", "--no-progress", "--json",
+                         "--associations", "2")
         assert code == 0, text
         patients = pacs.get_json("/patients?expand")
         assert sorted(p["MainDicomTags"]["PatientID"] for p in patients) == sorted(
