@@ -24,7 +24,7 @@ def _shard(text: str | None) -> Any:
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--modality", "-m", metavar="PRESET",
-              help="Preset: ct-pelvis, ct-abdomen, ct-chest, mr-brain, mr-cardiac, xr-chest (required unless --like/--variants-of).")
+              help="Preset: ct-pelvis, ct-abdomen, ct-chest, mr-brain, mr-cardiac, xr-chest, micro-malaria (required unless --like/--variants-of).")
 @click.option("--output", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (must be empty or new, unless --force).")
 @click.option("--patients", type=click.IntRange(1, 10000), default=1, show_default=True)
