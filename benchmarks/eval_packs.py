@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed |= bool(fails)
     if args.record is not None:
-        args.record.write_text(json.dumps(out_records, indent=2) + "\n", encoding="utf-8")
+        # packs named on the command line replace their own records only
+        kept = json.loads(args.record.read_text(encoding="utf-8")) if args.packs and args.record.is_file() else {}
+        args.record.write_text(json.dumps({**kept, **out_records}, indent=2) + "\n", encoding="utf-8")
     if args.write and not args.packs and sections:
         _write_quality_md(sections, _command(args))
     return 1 if failed else 0
