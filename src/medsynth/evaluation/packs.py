@@ -53,9 +53,13 @@ HELD_OUT: dict[str, list[dict[str, Any]]] = {
 
 
 def bundled_packs() -> list[Path]:
-    """Folders under the installed package's ``packs/`` that hold a ``pack.json``."""
+    """Folders under the installed package's ``packs/`` that hold a ``pack.json`` of a grey pack (colour
+    packs, pack.json ``channels`` 3, are measured by ``benchmarks/eval_micro.py`` instead)."""
     root = bundled_packs_dir()
-    return sorted(p for p in root.iterdir() if (p / "pack.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = sorted(p for p in root.iterdir() if (p / "pack.json").is_file())
+    return [p for p in found if json.loads((p / "pack.json").read_text(encoding="utf-8")).get("channels", 1) == 1]
 
 
 def _sources_match(dataset: Path, pack: ModelPack) -> bool:
