@@ -25,6 +25,7 @@ from medsynth.evaluation.micro import (
     wilson_interval,
 )
 from medsynth.microscopy import background_colour, is_held_out, letterbox, patient_id, read_rgb
+from medsynth.pack import bundled_packs_dir
 from medsynth.prepare import PrepareConfig, prepare_dataset
 from medsynth.presets import get_preset
 
@@ -219,3 +220,26 @@ def test_colour_histograms_and_memorisation_on_real_cells(cells: Path, tmp_path:
     assert memorisation(b[:5], b[5:10], a)["copies"] is False
     lo, hi = wilson_interval(45, 50) or [0.0, 0.0]
     assert lo < 0.9 < hi
+
+
+BUNDLED = bundled_packs_dir() / "micro-malaria"
+
+
+@pytest.mark.skipif(not (BUNDLED / "pack.json").is_file(), reason="the micro-malaria pack is not bundled")
+def test_bundled_pack_makes_smear_coloured_cells(cells: Path, tmp_path: Path) -> None:
+    """The issue's command with the bundled pack: dciodvfy-clean RGB cells whose colours are those of
+    real held-out cells (far closer than noise or a grey image would be)."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["generate", "--modality", "micro-malaria", "--condition", "parasitized",
+                                   "--patients", "6", "--seed", "3", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(dciodvfy_errors(out / r["path"]) == [] for r in manifest["files"])
+    synthetic = read_dicom_cells(out)
+    held = [f for f in sorted((cells / "parasitized").glob("*.png")) if is_held_out(patient_id(f.name))][:60]
+    prepare_dataset(held, tmp_path / "real", PrepareConfig("micro-malaria", label="parasitized", split="test"))
+    real = np.asarray(load_dataset(tmp_path / "real").slices)
+    grey = np.repeat(real.mean(axis=1, keepdims=True), 3, axis=1)
+    kl = colour_distance(synthetic, real)["kl"]
+    assert kl < 0.5 * colour_distance(grey, real)["kl"]
+    assert kl < 0.5 * colour_distance(np.random.default_rng(0).uniform(-1, 1, synthetic.shape), real)["kl"]
