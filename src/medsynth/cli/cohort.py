@@ -54,6 +54,6 @@ def cohort_option(func: F) -> F:
 
     opt = click.option("--cohort", "cohort", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.toml",
                        help="Generate a whole cohort described by a TOML file (patients, sex and age "
-                            "distributions, a mix of presets; see examples/cohort_small.toml); writes one "
-                            "folder per group and cohort.json.")
+                            "distributions, multi-series CT/MR/X-ray studies, priors and currents; see "
+                            "examples/cohort_hospital.toml); writes one folder per preset and cohort.json.")
     return opt(wrapper)  # type: ignore[return-value]

@@ -84,12 +84,12 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
       medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
-      medsynth generate -m mr-brain --patients 5 --sex F --age 40-60 --study-dates 2023-01-01:2023-12-31 \
-        --name-prefix TESTPAT --id-prefix TP --uid-root 1.2.826.0.1.3680043.10.999 --no-progress -o out/
+      medsynth generate -m mr-brain --patients 5 --sex F --age 40-60 --study-dates 2023-01-01:2023-12-31 -o out/
+      medsynth generate -m ct-chest --name-prefix TESTPAT --id-prefix TP --uid-root 1.2.826.0.1.3680043.10.999 -o out/
       medsynth generate -m ct-chest --patients 100 --seed 1 --reproducible-uids --shard 0/4 -o run/shard0/
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
       medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
-      medsynth generate --cohort examples/cohort_small.toml -o cohort/
+      medsynth generate --cohort examples/cohort_hospital.toml -o hospital/ --no-progress
       medsynth generate --variants-of series/ --strength 0.5 --model ct-body-512 -o out/
     """
     from rich.console import Console
