@@ -41,17 +41,18 @@ def evaluate(real: Path, synthetic: Path | None, pack: Path | None, pack_images:
     """Measure synthetic images against real ones: SSIM/MSE (nearest and random pairs), diversity,
     intensity histograms (KL, chi-square, CT tissue fractions), Fréchet distance on fixed features,
     radial power spectrum, adjacent-slice coherence, a real-vs-synthetic discriminator, a classifier
-    test for labelled data, a per-condition breakdown and, with --train, memorisation. Every number
+    test and train-on-synthetic / test-on-real (with real+synthetic augmentation) for labelled data,
+    a per-condition breakdown and, with --train, memorisation. Every number
     has a 95 % bootstrap interval and is printed beside its real-vs-real baseline (the real set split
     into two halves by volume/patient, never by slice). Use real patients the model never saw.
 
     \b
     Examples:
-      medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest -o data/xr
-      medsynth generate --modality xr-chest --condition pneumonia -o gen/xr
-      medsynth evaluate --real data/xr --synthetic gen/xr --train data/xr -o report/
+      medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest --split train -o data/xr-train
       medsynth prepare ../shared/data/xr/pneumoniamnist_28.npz --modality xr-chest --split test -o data/xr-test
-      medsynth evaluate --real data/xr-test --pack src/medsynth/packs/xr-chest --train data/xr -o report/
+      medsynth evaluate --real data/xr-test --pack src/medsynth/packs/xr-chest --images 128 --train data/xr-train -o report/
+      medsynth generate --modality xr-chest --condition pneumonia -o gen/xr
+      medsynth evaluate --real data/xr-test --synthetic gen/xr --train data/xr-train -o report/
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
