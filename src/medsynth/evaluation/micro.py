@@ -97,7 +97,7 @@ class CnnClassifier:
         import torch
 
         torch.set_num_threads(self.threads)
-        x = np.asarray(images, dtype=np.float32)
+        x = np.array(images, dtype=np.float32)  # a writable copy
         out = []
         self.net.eval()
         with torch.no_grad():
