@@ -54,9 +54,9 @@ def main() -> None:
     body = to_hu(real) > -500
     err_hu = np.abs(to_hu(real) - to_hu(rec))
     ssim = ssim_pairs(working_copy(real, 512), working_copy(rec, 512))
-    run = json.loads((args.ae_run / "autoencoder_run.json").read_text())
+    ck = json.loads((args.ae_run / "checkpoint.json").read_text())
     report = {
-        "ae_run": str(args.ae_run), "steps": run.get("steps_done"), "train_seconds": run.get("train_seconds"),
+        "ae_run": str(args.ae_run), "steps": ck.get("step"), "train_minutes": round(float(ck.get("train_seconds", 0)) / 60, 1),
         "channels": list(cfg.channels), "latent_channels": cfg.latent_channels,
         "slices": len(real), "held_out": f"chest_pyradiomics_lung2 ({len(lung2)}) + covid_nysbu ({len(covid)})",
         f"psnr_db_{int(LO)}_{int(HI)}": round(psnr(real, rec, HI - LO), 2),
