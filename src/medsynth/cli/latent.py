@@ -81,7 +81,7 @@ Examples:
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Run folder (resumed when it holds a checkpoint).")
 @click.option("--channels", default=None, help="UNet channels per level (default 64,128,128).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Latents per step (default 16).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Latents per step (default 8).")
 @_common
 @handle_errors
 def train_latent_cmd(dataset: Path, ae_run: Path, run_dir: Path, channels: str | None, batch_size: int | None,
