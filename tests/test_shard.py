@@ -128,3 +128,53 @@ def test_ray_example_two_local_workers_equals_one_run(runs: dict[str, Path], tmp
     one, merged = digests(runs["one"]), digests(out / "merged")
     assert {p for p in one if one[p] != merged.get(p)} == {"manifest.json"}
     assert set(one) == set(merged)
+
+
+COHORT = """seed = 5
+patients = 3
+steps = 1
+names = "international"
+types_per_patient = [[1, 1], [2, 1]]
+[[study]]
+preset = "ct-chest"
+slices = 2
+studies = 2
+[[study]]
+preset = "xr-chest"
+"""
+
+
+def test_cohort_shards_merged_equal_one_cohort_run(tmp_path: Path) -> None:
+    """`generate --cohort F --shard 0/2` + the Slurm task 1 of 2, merged: the unsharded cohort run
+    file for file — images, DICOMDIRs and cohort.json byte-identical, each preset folder's
+    manifest.json the same bytes once its `merged_from` entry is taken out. (3 patients, CT priors and
+    currents, one X-ray study: shard 1 has no X-ray patient, so xr-chest/ merges from shard 0 alone.)"""
+    path = tmp_path / "tiny.toml"
+    path.write_text(COHORT, encoding="utf-8")
+    gen = ("generate", "--cohort", str(path), "--threads", "1", "--no-progress")
+    assert run(*gen, "-o", str(tmp_path / "one"))[0] == 0
+    code, text = run(*gen, "--shard", "0/2", "-o", str(tmp_path / "s0"))
+    assert code == 0, text
+    code, text = run(*gen, "-o", str(tmp_path / "s1"), env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"})
+    assert code == 0, text
+    c0, c1 = (json.loads((tmp_path / s / "cohort.json").read_text()) for s in ("s0", "s1"))
+    assert [p["index"] for p in c0["patient_list"]] == [0, 2] and [p["index"] for p in c1["patient_list"]] == [1]
+    assert c0["shard"]["cohort"] == c1["shard"]["cohort"] and sorted(c1["folders"]) == ["ct-chest"]
+    assert sorted(p.name for p in (tmp_path / "s1" / "ct-chest").glob("PT*")) == ["PT000001"]
+
+    code, text = run("merge-shards", str(tmp_path / "s1"), str(tmp_path / "s0"), "-o", str(tmp_path / "m"), "--json")
+    assert code == 0, text
+    summary = json.loads(text)
+    one, merged = digests(tmp_path / "one"), digests(tmp_path / "m")
+    assert (summary["shards"], summary["patients"], summary["files"]) == (2, 3, len(one) - 5)  # 2 DICOMDIRs, manifests
+    assert set(one) == set(merged)
+    assert {p for p in one if one[p] != merged[p]} == {"ct-chest/manifest.json", "xr-chest/manifest.json"}
+    for name, shards in (("ct-chest", [0, 1]), ("xr-chest", [0])):
+        m = json.loads((tmp_path / "m" / name / "manifest.json").read_text())
+        assert [s["index"] for s in m.pop("merged_from")] == shards
+        assert json.dumps(m, indent=2) + "\n" == (tmp_path / "one" / name / "manifest.json").read_text()
+
+    code, text = run("merge-shards", str(tmp_path / "s0"), "-o", str(tmp_path / "x"))
+    assert code != 0 and "1/2 missing" in text and not (tmp_path / "x").exists()
+    code, text = run(*gen, "--shard", "0/4", "-o", str(tmp_path / "y"))
+    assert code != 0 and "cannot fill 4 shards" in text

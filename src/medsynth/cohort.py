@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from medsynth.dicom_io.identity import (
 )
 from medsynth.dicom_io.uids import UidFactory, normalise_root, run_namespace
 from medsynth.errors import ConfigError, InputError, MedsynthError
+from medsynth.shard import Shard
 
 _TOP_KEYS = {"seed", "patients", "name_prefix", "id_prefix", "study_dates", "transfer_syntax", "steps",
              "sex", "age", "study", "names", "uid_root", "types_per_patient"}
@@ -320,12 +321,26 @@ def _contrasts(study: StudyType) -> list[str]:
     return [study.condition or preset.default_condition]
 
 
+def cohort_fingerprint(cohort: Cohort) -> str:
+    """A short hash of everything in the cohort file (which shards of a cohort belong together)."""
+    import hashlib
+
+    text = json.dumps(dataclasses.asdict(cohort), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, threads: int | None = None,
-                    on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    on_progress: Callable[[str], None] | None = None, shard: Shard | None = None) -> dict[str, Any]:
     """Generate the cohort under ``out_dir``: sample every volume with :func:`medsynth.generate.generate`
     (one seeded run per preset, condition and slice count; NIfTI in a temporary folder), derive each
     study's series (:mod:`medsynth.studies`) and write them, one folder per preset; write and return
-    ``cohort.json``."""
+    ``cohort.json``.
+
+    ``shard`` ``i/n``: only the patients ``p`` with ``p % n == i``. The plan, the volume recipes and
+    their seeds, the writers' seeds and namespaces are the whole cohort's, and each volume's noise
+    depends on its place in its recipe only (:attr:`GenerateConfig.patient_indices`), so the shard
+    writes exactly the whole run's files of its patients; its ``cohort.json`` lists its patients and
+    has a ``shard`` entry, and each preset folder's manifest one too, for ``merge-shards``."""
     import contextlib
     import tempfile
 
@@ -346,8 +361,12 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
             on_progress(text)
 
     out = Path(out_dir)
+    if shard is not None and shard.count > cohort.patients:
+        raise ConfigError(f"--shard {shard}: {cohort.patients} patient(s) cannot fill {shard.count} shards "
+                          "(shards split the cohort by patient)")
     require_usable_output(out, force, "replace the cohort's folders")
     plan = plan_cohort(cohort)
+    mine = set(shard.patients(cohort.patients)) if shard is not None else set(range(cohort.patients))
     # volume recipes: (preset, condition, slices) -> the encounters that need one such volume
     recipes: dict[tuple[str, str, int], list[int]] = {}
     for i, enc in enumerate(plan.encounters):
@@ -360,15 +379,20 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
     with tempfile.TemporaryDirectory(prefix="medsynth-cohort-") as tmp:
         for r, (key, users) in enumerate(sorted(recipes.items())):
             preset_name, cond, n = key
-            say(f"sampling {len(users)} x {preset_name} {cond} ({n} slices)")
+            wanted = tuple(j for j, i in enumerate(users) if plan.encounters[i].patient in mine)
+            if not wanted:
+                continue
+            say(f"sampling {len(wanted)} x {preset_name} {cond} ({n} slices)")
             seed = int(np.random.SeedSequence(cohort.seed, spawn_key=(2, r)).generate_state(1, np.uint64)[0] >> 1)
             folder = Path(tmp) / f"r{r:03d}"
             res = generate(GenerateConfig(modality=preset_name, out_dir=folder, patients=len(users), slices=n,
                                           condition=cond, seed=seed, steps=cohort.steps, threads=threads,
-                                          format="nifti", reproducible_uids=True))
+                                          format="nifti", reproducible_uids=True,
+                                          patient_indices=None if shard is None else wanted))
             prov = json.loads(res.manifest.read_text(encoding="utf-8"))["provenance"]
             prov["origin"] = PixelOrigin(prov["origin"])
-            for j, i in enumerate(users):
+            for j in wanted:
+                i = users[j]
                 volumes[(i, cond)] = folder / f"PT{j:06d}" / "ST000000" / "SE000000.nii.gz"
                 provenance[(i, cond)] = Provenance(**prov)
 
@@ -377,10 +401,14 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
         max_studies = max(len(plan.studies_of(p)) for p in range(cohort.patients))
         max_series = max([CT_SERIES, *(len(_contrasts(s)) for s in cohort.studies)])
         presets = sorted({cohort.studies[e.type_index].preset for e in plan.encounters})
+        ours = [e for e in plan.encounters if e.patient in mine]
         records: dict[tuple[int, int], list[dict[str, Any]]] = {}
         with contextlib.ExitStack() as stack:
             writers: dict[str, StudyWriter] = {}
             for k, name in enumerate(presets):
+                written_here = sorted({e.patient for e in ours if cohort.studies[e.type_index].preset == name})
+                if not written_here:
+                    continue  # (a shard none of whose patients has a study of this preset)
                 preset = get_preset(name)
                 options = WriterOptions(
                     patients=cohort.patients, studies_per_patient=max_studies, series_per_study=max_series,
@@ -393,8 +421,12 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
                 writers[name] = StudyWriter(
                     out / name, preset, options, dataclasses.replace(base, condition=None, seed=cohort.seed),
                     people, studies, force=force)
+                if shard is not None:  # merge-shards reads it
+                    writers[name].manifest_extra["shard"] = {**shard.to_json(), "patients": written_here}
                 stack.enter_context(writers[name])
             for i, enc in enumerate(plan.encounters):
+                if enc.patient not in mine:
+                    continue
                 st = cohort.studies[enc.type_index]
                 preset = get_preset(st.preset)
                 say(f"writing patient {enc.patient + 1} study {enc.index + 1} ({st.preset})")
@@ -422,6 +454,8 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
                 w.finish()
     patients_out = []
     for p, person in enumerate(plan.people):
+        if p not in mine:
+            continue
         patients_out.append({
             "index": p, "patient_id": person.patient_id, "name": person.name, "sex": person.sex,
             "age_years": person.age_years, "birth_date": person.birth_date.isoformat(),
@@ -434,12 +468,30 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
             } for e in plan.studies_of(p)],
         })
     summary: dict[str, Any] = {
-        "format_version": 2, "seed": cohort.seed, "patients": cohort.patients, "studies": len(plan.encounters),
+        "format_version": 2, "seed": cohort.seed, "patients": len(patients_out), "studies": len(ours),
         "series": sum(len(v) for v in records.values()), "files": sum(f["files"] for f in folders.values()),
         "transfer_syntax": cohort.transfer_syntax, "folders": folders, "patient_list": patients_out,
     }
+    if shard is not None:
+        summary["shard"] = {**shard.to_json(), "patients": sorted(mine), "cohort": cohort_fingerprint(cohort)}
     atomic_write_json(out / "cohort.json", summary)
     return summary
+
+
+def merge_cohort_summaries(summaries: Sequence[Mapping[str, Any]],
+                           folders: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``cohort.json`` of the unsharded cohort run from its shards' (checked to belong together
+    by :func:`medsynth.shard.merge_shards`) and the merged preset folders (name → files, manifest):
+    every patient in index order, the totals summed, no ``shard`` entry — byte for byte the one
+    ``generate --cohort`` writes without ``--shard``."""
+    first = summaries[0]
+    patients = sorted((p for s in summaries for p in s["patient_list"]), key=lambda p: int(p["index"]))
+    return {
+        "format_version": first["format_version"], "seed": first["seed"], "patients": len(patients),
+        "studies": sum(int(s["studies"]) for s in summaries), "series": sum(int(s["series"]) for s in summaries),
+        "files": sum(int(f["files"]) for f in folders.values()), "transfer_syntax": first["transfer_syntax"],
+        "folders": {name: dict(folders[name]) for name in sorted(folders)}, "patient_list": patients,
+    }
 
 
 def load_catalogue_series(region: str, view: str) -> str:

@@ -23,7 +23,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -84,6 +84,8 @@ class GenerateConfig:
     shard: Shard | None = None  # generate only this shard's patients (see medsynth.shard)
     identity: Any = None  # medsynth.dicom_io.identity.IdentityOptions (None: the defaults); e.g. from a cohort
     uid_root: str | None = None  # UID prefix (None: 2.25 UUID-derived UIDs)
+    #: sample only these global patient indices (ascending, < patients), e.g. a cohort shard's; None: all
+    patient_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -111,6 +113,10 @@ class GenerateConfig:
             if self.format != "dicom":
                 raise ConfigError("--shard needs --format dicom (merge-shards merges DICOM runs)")
             check_shardable(self.seed, self.reproducible_uids, self.patients, self.shard)
+        if self.patient_indices is not None and (
+                self.shard is not None or list(self.patient_indices) != sorted(set(self.patient_indices))
+                or not all(0 <= p < self.patients for p in self.patient_indices)):
+            raise ConfigError(f"patient indices must ascend within 0..{self.patients - 1} (and not with --shard)")
 
 
 @dataclass(frozen=True)
@@ -332,8 +338,10 @@ def _position_support(meta: Any, condition: str, notes: list[str]) -> tuple[floa
     return (0.0, 1.0)
 
 
-def _patients(cfg: GenerateConfig) -> range:
-    """The global indices of the patients this run samples (all, or its shard's)."""
+def _patients(cfg: GenerateConfig) -> Sequence[int]:
+    """The global indices of the patients this run samples (all, its shard's or the given ones)."""
+    if cfg.patient_indices is not None:
+        return cfg.patient_indices
     return cfg.shard.patients(cfg.patients) if cfg.shard is not None else range(cfg.patients)
 
 

@@ -35,17 +35,19 @@ def cohort_option(func: F) -> F:
         from rich.console import Console
 
         from medsynth.cohort import cohort_summary_text, generate_cohort, load_cohort
+        from medsynth.shard import resolve_shard
 
+        shard = resolve_shard(kwargs.get("shard"))  # --shard I/N or the Slurm array task's
         cohort = load_cohort(cohort_file)
         console = Console(stderr=True)
         if kwargs.get("no_progress") or kwargs.get("as_json"):
             summary = generate_cohort(cohort, kwargs["out_dir"], force=kwargs.get("force", False),
-                                      threads=kwargs.get("threads"))
+                                      threads=kwargs.get("threads"), shard=shard)
         else:
             with console.status("generating the cohort") as status:
                 summary = generate_cohort(
                     cohort, kwargs["out_dir"], force=kwargs.get("force", False), threads=kwargs.get("threads"),
-                    on_progress=status.update)
+                    on_progress=status.update, shard=shard)
         if kwargs.get("as_json"):
             echo_json(summary)
         else:

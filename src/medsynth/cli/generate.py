@@ -16,10 +16,9 @@ from medsynth.push.options import push_options
 
 def _shard(text: str | None) -> Any:
     """--shard I/N, else the Slurm array task's shard, else None; N = 1 means no sharding."""
-    from medsynth.shard import parse_shard, shard_from_env
+    from medsynth.shard import resolve_shard
 
-    found = parse_shard(text) if text else shard_from_env()
-    return found if found is not None and found.count > 1 else None
+    return resolve_shard(text)
 
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +57,7 @@ def _shard(text: str | None) -> Any:
 @click.option("--shard", metavar="I/N",
               help="Write shard I of N (0-based: the patients p with p % N == I); default from "
                    "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm array job (0/1 = no sharding). "
-                   "Needs --seed and --reproducible-uids; combine with medsynth merge-shards.")
+                   "Needs --seed and --reproducible-uids (not with --cohort); combine with medsynth merge-shards.")
 @click.option("--preview", is_flag=True, help="Also write preview.png, a contact sheet of the first slices.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (a previous run's files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
@@ -90,6 +89,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-pelvis -o out/ --send --host pacs --port 104 --called-aet ARCHIVE
       medsynth generate --like ../shared/data/ct/upper_abdomen_dicom -o out/
       medsynth generate --cohort examples/cohort_hospital.toml -o hospital/ --no-progress
+      medsynth generate --cohort examples/cohort_hospital.toml --shard 0/2 -o run/s0/   # then merge-shards
       medsynth generate --variants-of series/ --strength 0.5 --model ct-body-512 -o out/
     """
     from rich.console import Console

@@ -23,12 +23,14 @@ def merge_shards(shards: tuple[Path, ...], out_dir: Path, force: bool, no_progre
     Checks that every shard finished and that all belong to the same run (seed, namespace, pack,
     shard count, each index once), then hard-links (or copies, across volumes) every file to the
     same path under --output and writes one manifest.json and one DICOMDIR: the folder one
-    unsharded run would have written. The shard folders are left as they are.
+    unsharded run would have written. The shard folders are left as they are. Shards of a cohort
+    (generate --cohort FILE --shard I/N) are merged preset folder by folder, with one cohort.json.
 
     \b
     Examples:
       medsynth merge-shards run/shard0 run/shard1 run/shard2 run/shard3 -o run/merged
       medsynth merge-shards run/shard* -o merged/ --json
+      medsynth merge-shards run/s0 run/s1 -o hospital/        # shards of generate --cohort
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
