@@ -50,7 +50,7 @@ from medsynth.errors import ConfigError, InputError, MedsynthError
 from medsynth.shard import Shard
 
 _TOP_KEYS = {"seed", "patients", "name_prefix", "id_prefix", "study_dates", "transfer_syntax", "steps",
-             "sex", "age", "study", "names", "uid_root", "types_per_patient"}
+             "sex", "age", "study", "names", "uid_root", "types_per_patient", "multiframe"}
 _STUDY_KEYS = {"preset", "condition", "studies", "slices", "weight"}
 _AGE_KEYS = {"min", "max", "weight"}
 
@@ -92,6 +92,7 @@ class Cohort:
     names: str = "ascii"  # medsynth.catalogue.CHARSETS
     uid_root: str | None = None
     types_per_patient: tuple[tuple[int, float], ...] = ((1, 1.0),)
+    multiframe: bool = False  # CT and MR series as one Legacy Converted Enhanced object each
 
 
 def _fail(path: Path, message: str) -> ConfigError:
@@ -219,11 +220,15 @@ def load_cohort(path: str | Path) -> Cohort:
                 for c, w in tpp_raw)
     if sum(w for _, w in tpp) <= 0:
         raise _fail(p, "the types_per_patient weights add up to 0")
+    multiframe = top.get("multiframe", False)
+    if not isinstance(multiframe, bool):
+        raise _fail(p, f"multiframe must be true or false, got {multiframe!r}")
     cohort = Cohort(seed=seed, patients=patients, studies=tuple(studies), sex=sex, ages=tuple(ages),
                     name_prefix=str(top.get("name_prefix", "SYNTHETIC")), id_prefix=str(top.get("id_prefix", "SYN")),
                     study_dates=(d0, d1), transfer_syntax=ts,
                     steps=None if steps is None else _int(p, "steps", steps, 1, 100000),
-                    names=names, uid_root=None if uid_root is None else str(uid_root), types_per_patient=tpp)
+                    names=names, uid_root=None if uid_root is None else str(uid_root), types_per_patient=tpp,
+                    multiframe=multiframe)
     try:
         IdentityOptions(name_prefix=cohort.name_prefix, id_prefix=cohort.id_prefix, study_dates=cohort.study_dates)
     except ConfigError as err:
@@ -348,6 +353,7 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
     from pydicom.uid import UID
 
     from medsynth.dicom_io.geometry import VolumeGeometry
+    from medsynth.dicom_io.multiframe import MultiFrameWriter
     from medsynth.dicom_io.provenance import PixelOrigin
     from medsynth.dicom_io.transfer_syntax import TransferSyntax
     from medsynth.dicom_io.writer import Provenance, WriterOptions
@@ -418,7 +424,9 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
                     seed=int(np.random.SeedSequence(cohort.seed, spawn_key=(6, k)).generate_state(1, np.uint64)[0] >> 1))
                 base = next(v for (i, _), v in provenance.items()
                             if cohort.studies[plan.encounters[i].type_index].preset == name)
-                writers[name] = StudyWriter(
+                writer_class = (_multiframe_study_writer() if cohort.multiframe
+                                and preset.modality in (Modality.CT, Modality.MR) else StudyWriter)
+                writers[name] = writer_class(
                     out / name, preset, options, dataclasses.replace(base, condition=None, seed=cohort.seed),
                     people, studies, force=force)
                 if shard is not None:  # merge-shards reads it
@@ -446,12 +454,15 @@ def generate_cohort(cohort: Cohort, out_dir: str | Path, force: bool = False, th
                     for s in series:
                         files = writers[st.preset].write_series(enc.patient, enc.index, enc.header, s,
                                                                 provenance[(i, cond)])
-                        written.append({"kind": s.kind.value, "description": s.description[:64],
-                                        "condition": cond, "instances": files})
-            folders = {name: {"files": len(w.files), "manifest": f"{name}/manifest.json"}
-                       for name, w in writers.items()}
+                        entry = {"kind": s.kind.value, "description": s.description[:64], "condition": cond,
+                                 "instances": files}
+                        if isinstance(writers[st.preset], MultiFrameWriter):  # one object of `files` frames
+                            entry.update(instances=1, frames=files)
+                        written.append(entry)
             for w in writers.values():
                 w.finish()
+            folders = {name: {"files": len(w.files), "manifest": f"{name}/manifest.json"}
+                       for name, w in writers.items()}
     patients_out = []
     for p, person in enumerate(plan.people):
         if p not in mine:
@@ -492,6 +503,17 @@ def merge_cohort_summaries(summaries: Sequence[Mapping[str, Any]],
         "files": sum(int(f["files"]) for f in folders.values()), "transfer_syntax": first["transfer_syntax"],
         "folders": {name: dict(folders[name]) for name in sorted(folders)}, "patient_list": patients,
     }
+
+
+def _multiframe_study_writer() -> type[Any]:
+    """The cohort's study writer with each series as one multi-frame object."""
+    from medsynth.dicom_io.multiframe import MultiFrameWriter
+    from medsynth.studies import StudyWriter
+
+    class MultiFrameStudyWriter(MultiFrameWriter, StudyWriter):
+        """:class:`~medsynth.studies.StudyWriter` writing :mod:`medsynth.dicom_io.multiframe` objects."""
+
+    return MultiFrameStudyWriter
 
 
 def load_catalogue_series(region: str, view: str) -> str:

@@ -86,6 +86,7 @@ class GenerateConfig:
     uid_root: str | None = None  # UID prefix (None: 2.25 UUID-derived UIDs)
     #: sample only these global patient indices (ascending, < patients), e.g. a cohort shard's; None: all
     patient_indices: tuple[int, ...] | None = None
+    multiframe: bool = False  # each CT/MR series as one Legacy Converted Enhanced object (dicom_io.multiframe)
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies", "series"):
@@ -113,6 +114,12 @@ class GenerateConfig:
             if self.format != "dicom":
                 raise ConfigError("--shard needs --format dicom (merge-shards merges DICOM runs)")
             check_shardable(self.seed, self.reproducible_uids, self.patients, self.shard)
+        if self.multiframe:
+            from medsynth.dicom_io.multiframe import multiframe_sop_class
+
+            if self.format != "dicom":
+                raise ConfigError("--multiframe needs --format dicom")
+            multiframe_sop_class(get_preset(self.modality))  # CT and MR presets only
         if self.patient_indices is not None and (
                 self.shard is not None or list(self.patient_indices) != sorted(set(self.patient_indices))
                 or not all(0 <= p < self.patients for p in self.patient_indices)):
@@ -451,7 +458,12 @@ def generate(
                                 slices_per_series=n_slices, seed=seed if cfg.reproducible_uids else None,
                                 transfer_syntax=syntax, uid_root=cfg.uid_root,
                                 **({"identity": cfg.identity} if cfg.identity is not None else {}))
-        writer = SyntheticStudyWriter(out_dir, preset, options, provenance, force=cfg.force)
+        writer_class: type[SyntheticStudyWriter] = SyntheticStudyWriter
+        if cfg.multiframe:  # each series as one Legacy Converted Enhanced CT/MR object
+            from medsynth.dicom_io.multiframe import MultiFrameWriter
+
+            writer_class = MultiFrameWriter
+        writer = writer_class(out_dir, preset, options, provenance, force=cfg.force)
         writer.manifest_extra.update(run_info)
         if cfg.shard is not None:  # merge-shards reads it
             writer.manifest_extra["shard"] = {**cfg.shard.to_json(), "patients": list(_patients(cfg))}

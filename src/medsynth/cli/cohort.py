@@ -39,6 +39,10 @@ def cohort_option(func: F) -> F:
 
         shard = resolve_shard(kwargs.get("shard"))  # --shard I/N or the Slurm array task's
         cohort = load_cohort(cohort_file)
+        if kwargs.get("multiframe"):  # --multiframe turns it on for a file that does not
+            import dataclasses
+
+            cohort = dataclasses.replace(cohort, multiframe=True)
         console = Console(stderr=True)
         if kwargs.get("no_progress") or kwargs.get("as_json"):
             summary = generate_cohort(cohort, kwargs["out_dir"], force=kwargs.get("force", False),

@@ -58,6 +58,9 @@ def _shard(text: str | None) -> Any:
               help="Write shard I of N (0-based: the patients p with p % N == I); default from "
                    "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm array job (0/1 = no sharding). "
                    "Needs --seed and --reproducible-uids (not with --cohort); combine with medsynth merge-shards.")
+@click.option("--multiframe", is_flag=True,
+              help="Write each CT/MR series as ONE multi-frame object (Legacy Converted Enhanced CT/MR Image "
+                   "Storage: per-frame positions in functional groups) instead of one file per slice.")
 @click.option("--preview", is_flag=True, help="Also write preview.png, a contact sheet of the first slices.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (a previous run's files are replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON (no progress bar).")
@@ -70,7 +73,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
              condition: str | None, seed: int | None, reproducible_uids: bool, steps: int | None,
              sampler: str | None, eta: float, guidance: float | None, model: Path | None,
              model_dir: Path | None, device: str, threads: int | None, batch_size: int, fmt: str,
-             transfer_syntax: str, shard: str | None, preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
+             transfer_syntax: str, shard: str | None, multiframe: bool, preview: bool, force: bool, as_json: bool, **push_kwargs: Any) -> None:
     """Sample synthetic slices with onnxruntime (no torch) and write a synthetic study.
 
     Sampler, steps and guidance default to the model pack's own settings. Slices are written as
@@ -83,6 +86,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
       medsynth generate -m ct-chest --format nifti --preview -o out/ --json
       medsynth generate -m ct-pelvis --model my_pack/ --sampler ddim --steps 50 -o out/
       medsynth generate -m ct-chest --transfer-syntax jpeg2000 -o out/
+      medsynth generate -m ct-chest --slices 64 --multiframe -o out/   # one Enhanced (Legacy Converted) CT object
       medsynth generate -m mr-brain --patients 5 --sex F --age 40-60 --study-dates 2023-01-01:2023-12-31 -o out/
       medsynth generate -m ct-chest --name-prefix TESTPAT --id-prefix TP --uid-root 1.2.826.0.1.3680043.10.999 -o out/
       medsynth generate -m ct-chest --patients 100 --seed 1 --reproducible-uids --shard 0/4 -o run/shard0/
@@ -120,7 +124,7 @@ def generate(modality: str, out_dir: Path, patients: int, studies: int, series: 
         model_dir=model_dir, device=device,  # type: ignore[arg-type]
         threads=threads, batch_size=batch_size, format=fmt,  # type: ignore[arg-type]
         preview=preview, force=force, reproducible_uids=reproducible_uids, transfer_syntax=transfer_syntax,
-        shard=_shard(shard), identity=identity, uid_root=uid_root,
+        shard=_shard(shard), identity=identity, uid_root=uid_root, multiframe=multiframe,
     )
     if as_json:
         summary = run_generate(cfg).to_json()
