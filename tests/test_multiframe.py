@@ -80,6 +80,11 @@ def test_multiframe_series_is_one_object_with_the_single_frame_pixels(tmp_path: 
         assert by_position(ref) == by_position(ds)
         assert ref.SOPClassUID == ds.SOPClassUID and ref.ImageType[:2] == ds.ImageType[:2]
 
+    from medsynth.dicom_io.reader import read_images  # medsynth reads it back as the same volume
+
+    back, ref_vol = (read_images([tmp_path / d]).series[0] for d in ("multi", "single"))
+    assert np.array_equal(back.voxels, ref_vol.voxels) and back.geometry == ref_vol.geometry
+
     fs = FileSet(tmp_path / "multi" / "DICOMDIR")  # the DICOMDIR lists the one instance
     [inst] = list(fs)
     assert inst.SOPInstanceUID == ds.SOPInstanceUID and inst.ReferencedSOPClassUIDInFile == sop_class

@@ -9,6 +9,10 @@ so the union of the shards is the one run, file for file. That needs ``--seed`` 
 ``shard`` entry) and DICOMDIR; :func:`merge_shards` checks the shards belong together and
 hard-links (or copies) their files into one folder with one manifest and one DICOMDIR.
 
+A cohort (``generate --cohort FILE --shard i/n``) shards the same way by its global patient index;
+each shard writes its preset folders (each manifest with a ``shard`` entry) and a ``cohort.json`` of
+its patients, and the merge combines both into the unsharded cohort run (:func:`merge_shards`).
+
 The scheduler is Slurm (array jobs: ``--shard`` defaults from ``SLURM_ARRAY_TASK_ID`` /
 ``SLURM_ARRAY_TASK_COUNT``) or Ray / Dask (see ``examples/``); medsynth has none of its own.
 """
