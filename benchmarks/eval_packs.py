@@ -18,7 +18,12 @@ compares with them instead. With ``--report DIR`` the full report of each pack g
 DIR/<model_id>/. ``--write`` puts each block into the pack's MODEL_CARD.md and pack.json ``quality``
 (what `medsynth generate`'s "below the acceptance thresholds" note reads) and, when every bundled
 pack was evaluated, the per-pack section of QUALITY.md. ``--check`` also prints, per recorded
-metric, whether the new value lies inside the recorded 95 % interval. ``--images-for ID=N`` gives
+metric, whether the new value lies inside the recorded 95 % interval, and a "PACK: k/k within CI"
+line; it exits 1 when any metric lies outside (or regressed). ``--seed`` is the *generation* seed;
+the evaluation's own randomness (the real A/B split, subsets, bootstrap, discriminator folds) uses
+``--eval-seed``, with --check the recorded one: a re-run with another generation seed is then
+measured against the same real reference as the card (for a pack judged on its single training
+volume, another split would be another reference; see QUALITY.md). ``--images-for ID=N`` gives
 one pack another image count (recorded; the regression test uses it). Exit status 1 when a pack
 fails the gate (or, with --check, regressed).
 The discriminator is the logistic one by default (fast, torch-free, the same in CI everywhere).
@@ -55,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("packs", nargs="*", type=Path, help="pack folders (default: every bundled pack)")
     ap.add_argument("-n", "--images", type=int, default=32, help="images generated per pack (default 32)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    ap.add_argument("--eval-seed", type=int, default=None,
+                    help="evaluation seed: split, subsets, bootstrap (default: --check's record, else 0)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: each pack's)")
     ap.add_argument("--discriminator", choices=("auto", "cnn", "logistic"), default="logistic")
     ap.add_argument("--report", type=Path, default=None, help="write each full report to REPORT/<model_id>/")
@@ -80,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for pack_dir in packs:
         t0 = time.perf_counter()
-        cfg = EvaluationConfig(seed=args.seed, discriminator=args.discriminator)
+        rec = records.get(pack_dir.name, {})
+        eval_seed = args.eval_seed if args.eval_seed is not None else int(rec.get("eval_seed", rec.get("seed", 0)))
+        cfg = EvaluationConfig(seed=eval_seed, discriminator=args.discriminator)
         n_images = int(per_pack.get(pack_dir.name, args.images))
         try:
             report, pack = evaluate_pack(pack_dir, args.shared, n_images=n_images, seed=args.seed, config=cfg,
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         block = markdown_block(report, pack)
         print(block)
         print(f"<!-- evaluated in {time.perf_counter() - t0:.0f} s -->\n")
-        out_records[mid] = quality_record(report, n_images, args.seed, args.steps)
+        out_records[mid] = {**quality_record(report, n_images, args.seed, args.steps), "eval_seed": eval_seed}
         fails = check_thresholds(report)
         if args.write:
             write_pack_quality(pack.root, report, pack, n_images, _command(args))
@@ -107,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             regs = regressions(report, records[mid]) if mid in records else [f"no record for {mid}"]
             for r in regs:
                 print(f"REGRESSION {mid}: {r}", file=sys.stderr)
-            if mid in records:
-                for line in _within_ci(report.data["metrics"], records[mid]):
-                    print(f"{mid}: {line}")
-            failed |= bool(regs)
+            lines = _within_ci(report.data["metrics"], records[mid]) if mid in records else []
+            for line in lines:
+                print(f"{mid}: {line}")
+            inside = sum(line.endswith(": inside") for line in lines)
+            with_ci = sum(line.endswith((": inside", ": OUTSIDE")) for line in lines)
+            print(f"{mid}: {inside}/{with_ci} within CI (generation seed {args.seed}, evaluation seed {eval_seed})")
+            failed |= bool(regs) or inside < with_ci
         else:
             failed |= bool(fails)
     if args.record is not None:
@@ -125,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/eval_packs.py", "--write"]
     parts += [f"-n {args.images}"] + [f"--images-for {i}" for i in args.images_for]
-    parts += [f"--seed {args.seed}"] + ([f"--steps {args.steps}"] if args.steps else [])
+    parts += [f"--seed {args.seed}"] + ([f"--eval-seed {args.eval_seed}"] if args.eval_seed is not None else [])
+    parts += [f"--steps {args.steps}"] if args.steps else []
     return " ".join(parts)
 
 
