@@ -212,12 +212,15 @@ def memorisation(synthetic: npt.ArrayLike, held_out: npt.ArrayLike, train: npt.A
 
 def evaluate_micro(train: npt.ArrayLike, train_labels: npt.ArrayLike, held_out: npt.ArrayLike,
                    held_out_labels: npt.ArrayLike, synthetic: Mapping[str, npt.ArrayLike], classes: tuple[str, ...],
-                   cnn: CnnConfig = CnnConfig(), seed: int = 0) -> dict[str, Any]:
+                   cnn: CnnConfig = CnnConfig(), seed: int = 0,
+                   classifier: CnnClassifier | None = None) -> dict[str, Any]:
     """Every measurement of the module docstring. ``synthetic`` maps a class name to its generated
-    cells [N, 3, H, W]; real images come with integer labels indexing ``classes``."""
+    cells [N, 3, H, W]; real images come with integer labels indexing ``classes``. ``classifier``:
+    a CNN already fitted (with ``cnn``) on these training cells, reused instead of fitting one
+    (a sweep over sampling settings judges every setting with the same CNN)."""
     xr, yr = np.asarray(train, np.float32), np.asarray(train_labels, np.int64)
     xh, yh = np.asarray(held_out, np.float32), np.asarray(held_out_labels, np.int64)
-    clf = fit_cnn(xr, yr, len(classes), cnn)
+    clf = classifier if classifier is not None else fit_cnn(xr, yr, len(classes), cnn)
     pred_h = clf.predict(xh)
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"classes": list(classes), "n_train": int(len(xr)), "n_held_out": int(len(xh)),
