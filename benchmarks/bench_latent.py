@@ -85,7 +85,8 @@ def runtime_comparison(pack_dir: Path, ae_run: Path, latent_run: Path, slices: i
                               torch.from_numpy(prev)).numpy()
 
     _, ae = load_autoencoder(ae_run)
-    tdec = Decoder(ae).eval()
+    _, info, _ = load_latent_denoiser(latent_run)
+    tdec = Decoder(ae, info.get("latent_channel_mean"), info.get("latent_channel_std")).eval()  # as exported
 
     def torch_decode(z: np.ndarray) -> np.ndarray:
         with torch.no_grad():

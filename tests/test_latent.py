@@ -44,6 +44,33 @@ def test_pack_v2_records_latent_conditioning_and_parity(latent_runs: dict[str, P
     assert len(pack.identity) == 64
 
 
+def test_latents_are_normalised_per_channel_and_the_pack_carries_the_affine(latent_runs: dict[str, Path]) -> None:
+    """The denoiser sees each latent channel at mean 0 / std 1 (a CT autoencoder's bone and fat contrast
+    sits in its low-variance channels); the pack's encoder gives those normalised latents and its decoder
+    takes them back, so scale_factor is 1 and generate needs no other change."""
+    import onnxruntime as ort
+
+    from medsynth.dataset import load_dataset
+    from medsynth.latent.denoiser import build_latent_data, read_latent_run
+
+    _, info = read_latent_run(latent_runs["ld"])
+    mean, std = np.array(info["latent_channel_mean"]), np.array(info["latent_channel_std"])
+    assert info["scale_factor"] == 1.0 and len(mean) == len(std) == 4 and np.all(std > 0)
+    data = build_latent_data(latent_runs["data"], latent_runs["ae"], latent_runs["ld"])
+    assert np.allclose(data.latents.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    assert np.allclose(data.latents.std(axis=(0, 2, 3)), 1.0, atol=1e-3)
+    raw = np.load(latent_runs["ld"] / "latents.npy")
+    assert not np.allclose(raw.mean(axis=(0, 2, 3)), 0.0, atol=1e-2)  # the affine is not a no-op here
+    pack = latent_runs["pack"]
+    enc = ort.InferenceSession(str(pack / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    x = np.asarray(load_dataset(latent_runs["data"]).slices[:2], dtype=np.float32)[:, None]
+    z = enc.run(["latent"], {"image": x})[0]
+    assert np.allclose(z, data.latents[:2], atol=1e-3)
+    dec = ort.InferenceSession(str(pack / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert dec.run(["image"], {"latent": z})[0].shape == x.shape
+    assert load_pack(pack).metadata.latent.scale_factor == 1.0  # type: ignore[union-attr]
+
+
 def test_generate_latent_series_dicom(latent_runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["generate", "-m", "ct-pelvis", "--model", str(latent_runs["pack"]), "--slices", "5",

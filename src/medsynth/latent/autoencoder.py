@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,27 +50,52 @@ def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
     )
 
 
-class Encoder(torch.nn.Module):
-    """image [B, 1, H, W] (model space) → latent mean [B, C, H/f, W/f] (unscaled)."""
+def _channel_buffers(shift: Sequence[float] | None, std: Sequence[float] | None, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sh = torch.zeros(c) if shift is None else torch.tensor([float(v) for v in shift])
+    sd = torch.ones(c) if std is None else torch.tensor([float(v) for v in std])
+    return sh.reshape(1, -1, 1, 1), sd.reshape(1, -1, 1, 1)
 
-    def __init__(self, ae: AutoencoderKL) -> None:
+
+class Encoder(torch.nn.Module):
+    """image [B, 1, H, W] (model space) → latent mean [B, C, H/f, W/f].
+
+    With ``shift`` and ``std`` (one value per latent channel, the training latents' mean and standard
+    deviation) the output is normalised per channel, (mean − shift) / std, as the latent denoiser
+    sees it; without them it is the autoencoder's raw latent mean."""
+
+    shift: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, ae: AutoencoderKL, shift: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.ae = ae
+        sh, sd = _channel_buffers(shift, std, int(ae.latent_channels))
+        self.register_buffer("shift", sh)
+        self.register_buffer("std", sd)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         z_mu, _ = self.ae.encode(image)
-        return z_mu
+        return (z_mu - self.shift) / self.std
 
 
 class Decoder(torch.nn.Module):
-    """latent [B, C, h, w] (unscaled) → image [B, 1, h·f, w·f] in model space, clipped to [-1, 1]."""
+    """latent [B, C, h, w] → image [B, 1, h·f, w·f] in model space, clipped to [-1, 1].
 
-    def __init__(self, ae: AutoencoderKL) -> None:
+    With ``shift`` and ``std`` the input is a per-channel normalised latent (the inverse of
+    :class:`Encoder`'s): latent · std + shift is decoded."""
+
+    shift: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, ae: AutoencoderKL, shift: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.ae = ae
+        sh, sd = _channel_buffers(shift, std, int(ae.latent_channels))
+        self.register_buffer("shift", sh)
+        self.register_buffer("std", sd)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.ae.decode(latent).clamp(-1.0, 1.0)
+        return self.ae.decode(latent * self.std + self.shift).clamp(-1.0, 1.0)
 
 
 def _learning_rate(cfg: AutoencoderConfig, step: int) -> float:

@@ -3,7 +3,9 @@
 The pack holds ``model.onnx`` (the latent denoiser: inputs ``sample`` [B,C,h,w], ``timestep`` [B],
 ``class_labels`` [B], ``position`` [B], ``previous`` [B,C,h,w]; output ``prediction``),
 ``decoder.onnx`` (``latent`` [B,C,h,w] unscaled → ``image`` [B,1,H,W] in model space) and
-``encoder.onnx`` (``image`` → ``latent`` mean, unscaled), each parity-checked against PyTorch on
+``encoder.onnx`` (``image`` → ``latent`` mean, unscaled), where "unscaled" means scaled latent /
+``scale_factor``; for runs with per-channel latent normalisation the decoder and encoder graphs carry
+that affine themselves and ``scale_factor`` is 1, each parity-checked against PyTorch on
 random inputs (a pack is refused when the max abs error exceeds the tolerance), plus ``pack.json``
 (format 2, with the latent scale factor and the per-label conditioning support) and
 ``MODEL_CARD.md``. Built in a temporary folder and renamed when complete.
@@ -121,11 +123,13 @@ def export_latent_pack(
     def enc_args(b: int) -> tuple[torch.Tensor, ...]:
         return (torch.rand((b, 1, *matrix), generator=g) * 2 - 1,)
 
+    # per-channel latent normalisation (runs since it exists) goes into the encoder and decoder graphs
+    norm = (info.get("latent_channel_mean"), info.get("latent_channel_std"))
     den_inputs = ["sample", "timestep", "class_labels", "position", "previous"]
     jobs: list[tuple[str, torch.nn.Module, Any, list[str], str]] = [
         ("model.onnx", den, den_args, den_inputs, "prediction"),
-        ("decoder.onnx", Decoder(ae).eval(), dec_args, ["latent"], "image"),
-        ("encoder.onnx", Encoder(ae).eval(), enc_args, ["image"], "latent"),
+        ("decoder.onnx", Decoder(ae, *norm).eval(), dec_args, ["latent"], "image"),
+        ("encoder.onnx", Encoder(ae, *norm).eval(), enc_args, ["image"], "latent"),
     ]
     parity: dict[str, Any] = {"onnxruntime_provider": "CPUExecutionProvider", "opset": OPSET, "torch": torch.__version__}
     files: dict[str, str] = {}
