@@ -243,3 +243,25 @@ def test_bundled_pack_makes_smear_coloured_cells(cells: Path, tmp_path: Path) ->
     kl = colour_distance(synthetic, real)["kl"]
     assert kl < 0.5 * colour_distance(grey, real)["kl"]
     assert kl < 0.5 * colour_distance(np.random.default_rng(0).uniform(-1, 1, synthetic.shape), real)["kl"]
+
+
+def test_evaluate_micro_reuses_a_fitted_classifier() -> None:
+    """A sweep judges every sampling setting with one CNN: ``classifier=`` is used, nothing is fitted."""
+    from medsynth.evaluation.micro import CnnClassifier, evaluate_micro
+
+    class Always(CnnClassifier):
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def predict(self, images: object, batch: int = 256) -> np.ndarray:
+            return np.full(len(np.asarray(images)), self.k, np.int64)
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    r = evaluate_micro(x, y, x[:4], y[:4], {"parasitized": x[:3], "uninfected": x[3:6]},
+                       ("parasitized", "uninfected"), classifier=Always(0))
+    assert r["per_class"]["parasitized"]["synthetic"]["accuracy"] == 1.0
+    assert r["per_class"]["uninfected"]["synthetic"]["accuracy"] == 0.0
+    assert r["per_class"]["uninfected"]["held_out_real"]["accuracy"] == 0.0
+    assert r["per_class"]["uninfected"]["within_tolerance"] is True  # real 0 %, synthetic 0 %
