@@ -53,13 +53,15 @@ HELD_OUT: dict[str, list[dict[str, Any]]] = {
 
 
 def bundled_packs() -> list[Path]:
-    """Folders under the installed package's ``packs/`` that hold a ``pack.json`` of a grey pack (colour
-    packs, pack.json ``channels`` 3, are measured by ``benchmarks/eval_micro.py`` instead)."""
+    """Folders under the installed package's ``packs/`` that hold a ``pack.json`` of a grey pixel-space
+    pack (colour packs, pack.json ``channels`` 3, are measured by ``benchmarks/eval_micro.py`` and latent
+    packs, a ``latent`` block, by ``benchmarks/eval_latent.py`` instead)."""
     root = bundled_packs_dir()
     if not root.is_dir():
         return []
     found = sorted(p for p in root.iterdir() if (p / "pack.json").is_file())
-    return [p for p in found if json.loads((p / "pack.json").read_text(encoding="utf-8")).get("channels", 1) == 1]
+    metas = {p: json.loads((p / "pack.json").read_text(encoding="utf-8")) for p in found}
+    return [p for p in found if metas[p].get("channels", 1) == 1 and not metas[p].get("latent")]
 
 
 def _sources_match(dataset: Path, pack: ModelPack) -> bool:
