@@ -290,9 +290,10 @@ def write_into_pack(pack_dir: Path, report: dict, pelvis: np.ndarray, seen: str 
     looked = (f" Looked at (contact sheet and coronal reformat below): {seen} These metrics run on 128² working "
               "copies of few held-out slices (12 abdomen-pelvis): they are too coarse to see missing anatomy, so a "
               "number that meets its target here does not mean the anatomy is right.") if seen else ""
-    training["limitations"] = shortfalls + looked + " " + str(training.get("limitations_extra", "Trained on a handful of scans "
-                                                   "(271 denoiser slices, 5 patients) for under two hours on a 2-core CPU: "
-                                                   "look at the samples before relying on them."))
+    hours = float(training.get("train_seconds", 0.0)) / 3600
+    training["limitations"] = (shortfalls + looked + f" Trained on {len({s.get('sha256') for s in meta.data_sources})} scans "
+                               f"({training.get('dataset_slices')} denoiser slices) for {hours:.1f} h on "
+                               f"{training.get('hardware', 'a 2-core CPU')}: look at the samples before relying on them.")
     new = dataclasses.replace(meta, quality={"table": table + note, "shortfalls": short,
                                              "reconstruction": report["reconstruction"], "metrics": report["metrics"],
                                              "adjacent_slice_ssim": report["adjacent_slice_ssim"]},

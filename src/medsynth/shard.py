@@ -153,6 +153,23 @@ def _link_or_copy(src: Path, tmp: Path) -> bool:
         return False
 
 
+def _check_shard_indices(folders: Sequence[Path], shards: Sequence[dict[str, Any]], count: int, complete: bool) -> None:
+    """Every folder's ``shard`` entry is of ``count`` shards and no index comes twice; with
+    ``complete`` all indices 0..count−1 must be there."""
+    seen: dict[int, Path] = {}
+    for folder, sh in zip(folders, shards, strict=True):
+        idx, n = int(sh["index"]), int(sh["count"])
+        if n != count:
+            raise InputError(f"is shard {idx}/{n}, the others are of {count}", folder)
+        if idx in seen:
+            raise InputError(f"shard {idx}/{n} is given twice (also {seen[idx]})", folder)
+        seen[idx] = folder
+    missing = sorted(set(range(count)) - set(seen))
+    if complete and missing:
+        raise InputError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing: pass all {count} "
+                         "shard folders")
+
+
 def _gather(folders: Sequence[Path], manifests: Sequence[dict[str, Any]], count: int | None = None,
             ) -> tuple[int, list[tuple[Path, dict[str, Any]]]]:
     """Check the shard folders belong to one run and list their files ``(folder, record)`` by path.
@@ -162,21 +179,11 @@ def _gather(folders: Sequence[Path], manifests: Sequence[dict[str, Any]], count:
     patient for)."""
     first = manifests[0]
     want = int(first["shard"]["count"]) if count is None else count
-    seen: dict[int, Path] = {}
     for folder, m in zip(folders, manifests, strict=True):
         for key in _SAME:
             if m.get(key) != first.get(key):
                 raise InputError(f"belongs to another run than {folders[0]} ({key} differs)", folder)
-        idx, n = int(m["shard"]["index"]), int(m["shard"]["count"])
-        if n != want:
-            raise InputError(f"is shard {idx}/{n}, the others are of {want}", folder)
-        if idx in seen:
-            raise InputError(f"shard {idx}/{n} is given twice (also {seen[idx]})", folder)
-        seen[idx] = folder
-    missing = sorted(set(range(want)) - set(seen))
-    if count is None and missing:
-        raise InputError(f"shard(s) {', '.join(f'{i}/{want}' for i in missing)} missing: pass all {want} "
-                         "shard folders")
+    _check_shard_indices(folders, [m["shard"] for m in manifests], want, complete=count is None)
     files = sorted(((folder, rec) for folder, m in zip(folders, manifests, strict=True) for rec in m["files"]),
                    key=lambda fr: fr[1]["path"])
     paths = [rec["path"] for _, rec in files]
@@ -319,22 +326,12 @@ def _merge_cohort(folders: Sequence[Path], out: Path, force: bool,
     summaries = [_read_cohort_shard(f) for f in folders]
     first = summaries[0]
     count = int(first["shard"]["count"])
-    seen: dict[int, Path] = {}
     for folder, s in zip(folders, summaries, strict=True):
         for key in (*_SAME_COHORT, "cohort"):
             here, there = (s if key != "cohort" else s["shard"]), (first if key != "cohort" else first["shard"])
             if here.get(key) != there.get(key):
                 raise InputError(f"belongs to another cohort run than {folders[0]} ({key} differs)", folder)
-        idx, n = int(s["shard"]["index"]), int(s["shard"]["count"])
-        if n != count:
-            raise InputError(f"is shard {idx}/{n}, the others are of {count}", folder)
-        if idx in seen:
-            raise InputError(f"shard {idx}/{n} is given twice (also {seen[idx]})", folder)
-        seen[idx] = folder
-    missing = sorted(set(range(count)) - set(seen))
-    if missing:
-        raise InputError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing: pass all {count} "
-                         "shard folders")
+    _check_shard_indices(folders, [s["shard"] for s in summaries], count, complete=True)
     plans = []
     for name in sorted({name for s in summaries for name in s["folders"]}):
         subs = [f / name for f, s in zip(folders, summaries, strict=True) if name in s["folders"]]

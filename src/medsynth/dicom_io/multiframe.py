@@ -40,7 +40,7 @@ from medsynth.dicom_io.iod import ds_string
 from medsynth.dicom_io.transfer_syntax import encode_instance
 from medsynth.dicom_io.uids import UidFactory, run_namespace
 from medsynth.dicom_io.writer import SyntheticStudyWriter
-from medsynth.errors import ConfigError, DicomWriteError, InputError
+from medsynth.errors import ConfigError, DicomWriteError
 from medsynth.outputs import atomic_write
 from medsynth.presets import Modality, Preset
 
@@ -256,21 +256,7 @@ class MultiFrameWriter(SyntheticStudyWriter):
     def write_slice(self, index: int, pixels: npt.ArrayLike) -> FileRecord:  # type: ignore[override]
         """Hold slice ``index`` of the current series as a frame (see the base class for ``pixels``);
         the series is written as one object later. Returns the series' record to be (path, UIDs)."""
-        self._check_open()
-        series = self._current
-        if series is None:
-            raise DicomWriteError("write_slice() called before begin_series()")
-        arr = np.asarray(pixels)
-        if arr.shape != series.matrix:
-            raise InputError(f"slice {index} has shape {arr.shape}, expected {series.matrix}")
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise InputError(f"slice {index} is not a real-valued numeric array (dtype {arr.dtype})")
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"slice {index} contains NaN or infinite values")
-        if not 0 <= index < 100000 or index in series.written:
-            raise InputError(f"slice index {index} is out of range or was already written")
-        stored, clipped = series.encoding.encode(arr)
-        series.clipped += clipped
+        series, stored = self._encode_slice(index, pixels)
         series.written.add(index)
         slot = series.slot
         position = location = None

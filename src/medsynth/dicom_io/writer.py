@@ -362,22 +362,7 @@ class SyntheticStudyWriter:
         ``pixels``: 2D float array ``[rows, cols]`` in physical units (HU for CT). Raises
         InputError for a wrong shape or non-finite values; the file is complete on return.
         """
-        self._check_open()
-        series = self._current
-        if series is None:
-            raise DicomWriteError("write_slice() called before begin_series()")
-        arr = np.asarray(pixels)
-        expected = series.matrix if self.preset.samples_per_pixel == 1 else (*series.matrix, 3)  # RGB [rows, cols, 3]
-        if arr.shape != expected:
-            raise InputError(f"slice {index} has shape {arr.shape}, expected {expected}")
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise InputError(f"slice {index} is not a real-valued numeric array (dtype {arr.dtype})")
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"slice {index} contains NaN or infinite values")
-        if not 0 <= index < 100000 or index in series.written:
-            raise InputError(f"slice index {index} is out of range or was already written")
-        stored, clipped = series.encoding.encode(arr)
-        series.clipped += clipped
+        series, stored = self._encode_slice(index, pixels)
 
         ds = Dataset(dict(series.template.items()))  # shallow: template elements are never modified
         sop_uid = self._uids.uid("instance", series.slot.patient, series.slot.study, series.slot.series, index)
@@ -439,6 +424,27 @@ class SyntheticStudyWriter:
             # lossy pixels are other instances (new UIDs); a lossless syntax keeps the same instance
             facts["lossy_compression"] = o.transfer_syntax.value
         return facts
+
+    def _encode_slice(self, index: int, pixels: npt.ArrayLike) -> tuple[_Series, npt.NDArray[Any]]:
+        """Validate slice ``index`` of the open series (shape, real finite values, a new index in
+        range) and encode it: (the series, the stored pixels). Shared by every writer subclass."""
+        self._check_open()
+        series = self._current
+        if series is None:
+            raise DicomWriteError("write_slice() called before begin_series()")
+        arr = np.asarray(pixels)
+        expected = series.matrix if self.preset.samples_per_pixel == 1 else (*series.matrix, 3)  # RGB [rows, cols, 3]
+        if arr.shape != expected:
+            raise InputError(f"slice {index} has shape {arr.shape}, expected {expected}")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputError(f"slice {index} is not a real-valued numeric array (dtype {arr.dtype})")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"slice {index} contains NaN or infinite values")
+        if not 0 <= index < 100000 or index in series.written:
+            raise InputError(f"slice index {index} is out of range or was already written")
+        stored, clipped = series.encoding.encode(arr)
+        series.clipped += clipped
+        return series, stored
 
     def _check_open(self) -> None:
         if self._finished:
