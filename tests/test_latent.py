@@ -211,3 +211,39 @@ def test_bundled_ct_body_512_series_and_reconstruction_do_not_regress(shared_dat
     rec = np.concatenate([dec.run(["image"], {"latent": enc.run(["latent"], {"image": real[i:i + 4, None]})[0]})[0][:, 0]
                           for i in range(0, len(real), 4)])
     assert psnr(real, rec, 3071 + 1024) >= 35.0
+
+
+def test_previous_dropout_phase_replays_in_one_call_and_never_rewrites_history(
+        latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Two calls (2 steps, then 2 more with --previous-dropout-from 2:1.0) give the weights of one call
+    whose config carries the phase; a phase before the checkpoint is refused with a clean message."""
+    from dataclasses import replace
+
+    from safetensors.numpy import load_file
+
+    from medsynth.latent.config import denoiser_from_json, to_json
+    from medsynth.latent.denoiser import train_latent
+
+    phased = replace(TINY_LD, previous_dropout_from=((2, 1.0),))
+    assert denoiser_from_json(json.loads(json.dumps(to_json(phased)))) == phased
+    assert phased.previous_dropout_at(1) == TINY_LD.previous_dropout and phased.previous_dropout_at(2) == 1.0
+    two, one = tmp_path / "two", tmp_path / "one"
+    train_latent(latent_runs["data"], latent_runs["ae"], two, TINY_LD, steps=2, threads=1, show_progress=False)
+    res = CliRunner().invoke(cli, ["train-latent", str(latent_runs["data"]), "--autoencoder", str(latent_runs["ae"]),
+                                   "-o", str(two), "--steps", "4", "--previous-dropout-from", "2:1.0", "--threads",
+                                   "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((two / "latent_config.json").read_text())["previous_dropout_from"] == [[2, 1.0]]
+    train_latent(latent_runs["data"], latent_runs["ae"], one, phased, steps=4, threads=1, show_progress=False)
+    a, b = load_file(str(two / "checkpoint.safetensors")), load_file(str(one / "checkpoint.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    # the phase changed the batches: without it the weights differ
+    plain = load_file(str(latent_runs["ld"] / "checkpoint.safetensors"))
+    assert any(not np.allclose(a[k], plain[k], atol=1e-6) for k in a if k.startswith("model."))
+    res = CliRunner().invoke(cli, ["train-latent", str(latent_runs["data"]), "--autoencoder", str(latent_runs["ae"]),
+                                   "-o", str(two), "--steps", "5", "--previous-dropout-from", "1:0.3"])
+    assert res.exit_code != 0 and "before the run's checkpoint" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["train-latent", str(latent_runs["data"]), "--autoencoder", str(latent_runs["ae"]),
+                                   "-o", str(two), "--steps", "5", "--previous-dropout-from", "soon"])
+    assert res.exit_code != 0 and "STEP:P" in res.output

@@ -73,6 +73,7 @@ def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, cr
 Examples:
   medsynth prepare ct/ -m ct-pelvis --labels-file labels.csv --matrix 512 --pixel-spacing 0.8 -o data/ct512-5mm
   medsynth train-latent data/ct512-5mm --autoencoder ~/runs/ct-ae -o ~/runs/ct-ldm --steps 6000 --max-minutes 60
+  medsynth train-latent data/ct512-5mm --autoencoder ~/runs/ct-ae -o ~/runs/ct-ldm --steps 12000 --previous-dropout-from 6000:0.5
   medsynth export ~/runs/ct-ldm --autoencoder ~/runs/ct-ae -o packs/ct-body-512
 """)
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False))
@@ -82,11 +83,14 @@ Examples:
               help="Run folder (resumed when it holds a checkpoint).")
 @click.option("--channels", default=None, help="UNet channels per level (default 64,128,128).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Latents per step (default 8).")
+@click.option("--previous-dropout-from", "dropout_from", default=None, metavar="STEP:P",
+              help="From STEP on, train pairs without their previous slice with probability P (first slices of a "
+                   "series are sampled that way); kept in the run's config, so the run replays in one call.")
 @_common
 @handle_errors
 def train_latent_cmd(dataset: Path, ae_run: Path, run_dir: Path, channels: str | None, batch_size: int | None,
-                     steps: int | None, max_minutes: float | None, threads: int | None, seed: int | None,
-                     as_json: bool) -> None:
+                     dropout_from: str | None, steps: int | None, max_minutes: float | None, threads: int | None,
+                     seed: int | None, as_json: bool) -> None:
     """Train the latent denoiser (MONAI DiffusionModelUNet, v-prediction, conditioned on label, slice
     position and the previous slice's latent) on DATASET encoded by the autoencoder."""
     from dataclasses import replace
@@ -102,10 +106,20 @@ def train_latent_cmd(dataset: Path, ae_run: Path, run_dir: Path, channels: str |
             cfg = replace(cfg, channels=ch, attention_levels=tuple(i == len(ch) - 1 for i in range(len(ch))))
     except ValueError:
         raise ConfigError(f"--channels must be comma-separated integers, got {channels!r}") from None
+    phase: tuple[int, float] | None = None
+    if dropout_from:
+        try:
+            at, p = dropout_from.split(":")
+            phase = (int(at), float(p))
+        except ValueError:
+            raise ConfigError(f"--previous-dropout-from must be STEP:P (e.g. 6000:0.5), got {dropout_from!r}") from None
+        if phase[0] < 0 or not 0.0 <= phase[1] <= 1.0:
+            raise ConfigError(f"--previous-dropout-from needs STEP ≥ 0 and P in [0, 1], got {dropout_from!r}")
     changes: dict[str, Any] = {k: v for k, v in {"batch_size": batch_size, "seed": seed}.items() if v is not None}
     cfg = replace(cfg, **changes)
     summary = train_latent(dataset, ae_run, run_dir, cfg if (channels or batch_size or seed is not None) else None,
-                           steps=steps, max_minutes=max_minutes, threads=threads, show_progress=not as_json)
+                           steps=steps, max_minutes=max_minutes, threads=threads, show_progress=not as_json,
+                           previous_dropout_from=phase)
     if as_json:
         echo_json(summary.to_json())
     else:

@@ -74,7 +74,10 @@ class LatentDenoiserConfig:
     classifier-free guidance. ``previous_dropout``: probability that a training pair is shown
     without its previous slice (so first slices are learned at every position);
     ``previous_noise``: the previous latent gets N(0, σ²) noise with σ ~ U(0, previous_noise), so
-    the sampler tolerates its own imperfect previous slices.
+    the sampler tolerates its own imperfect previous slices. ``previous_dropout_from``: later phases
+    of one run, ``((step, dropout), ...)`` ascending: from ``step`` on the dropout is ``dropout``
+    (a series' first slice is sampled without a previous one, so that path must be learned well;
+    the config describes the whole history, so a run replays from scratch in one call).
     """
 
     channels: tuple[int, ...] = (64, 128, 128)
@@ -92,9 +95,18 @@ class LatentDenoiserConfig:
     label_dropout: float = 0.1
     previous_dropout: float = 0.15
     previous_noise: float = 0.2
+    previous_dropout_from: tuple[tuple[int, float], ...] = ()
     seed: int = 0
     precision: Precision = "bf16"
     checkpoint_every: int = 100
+
+    def previous_dropout_at(self, step: int) -> float:
+        """The previous-slice dropout in force at training ``step`` (see ``previous_dropout_from``)."""
+        p = self.previous_dropout
+        for start, value in self.previous_dropout_from:
+            if step >= start:
+                p = value
+        return p
 
     def validate(self) -> LatentDenoiserConfig:
         if len(self.channels) != len(self.attention_levels):
@@ -105,12 +117,16 @@ class LatentDenoiserConfig:
         for name in ("label_dropout", "previous_dropout", "previous_noise"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"latent denoiser {name} must be in [0, 1]")
+        starts = [int(a) for a, _ in self.previous_dropout_from]
+        if starts != sorted(set(starts)) or any(a < 0 for a in starts) or \
+                any(not 0.0 <= float(b) <= 1.0 for _, b in self.previous_dropout_from):
+            raise ConfigError("latent denoiser previous_dropout_from must be ascending (step ≥ 0, dropout in [0, 1])")
         return self
 
 
 def to_json(cfg: AutoencoderConfig | LatentDenoiserConfig) -> dict[str, Any]:
     d = asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def autoencoder_from_json(d: dict[str, Any]) -> AutoencoderConfig:
@@ -128,6 +144,8 @@ def denoiser_from_json(d: dict[str, Any]) -> LatentDenoiserConfig:
         kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         if isinstance(kw.get("schedule"), dict):
             kw["schedule"] = NoiseScheduleConfig(**kw["schedule"])
+        if "previous_dropout_from" in kw:
+            kw["previous_dropout_from"] = tuple((int(a), float(b)) for a, b in kw["previous_dropout_from"])
         return LatentDenoiserConfig(**kw).validate()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"malformed latent denoiser config ({exc})") from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +163,12 @@ def _batch(data: LatentData, cfg: LatentDenoiserConfig, step: int, null: int
     rng = np.random.default_rng([cfg.seed, step, 23])
     n = len(data.latents)
     take = rng.choice(n, cfg.batch_size, replace=n < cfg.batch_size)
+    dropout = cfg.previous_dropout_at(step)
     x0 = data.latents[take]
     prev = np.zeros_like(x0)
     for b, i in enumerate(take):
         p = data.previous[i]
-        if p >= 0 and rng.random() >= cfg.previous_dropout:
+        if p >= 0 and rng.random() >= dropout:
             sigma = rng.random() * cfg.previous_noise
             prev[b] = data.latents[p] + sigma * rng.standard_normal(x0.shape[1:]).astype(np.float32)
     labels = data.labels[take].copy()
@@ -188,8 +189,14 @@ def train_latent(
     max_minutes: float | None = None,
     threads: int | None = None,
     show_progress: bool = True,
+    previous_dropout_from: tuple[int, float] | None = None,
 ) -> LatentTrainSummary:
-    """Train (or resume) a latent denoiser on ``dataset`` encoded by the autoencoder of ``ae_run``."""
+    """Train (or resume) a latent denoiser on ``dataset`` encoded by the autoencoder of ``ae_run``.
+
+    ``previous_dropout_from`` = (step, dropout) adds a phase to the run's config: from ``step`` on,
+    training pairs lose their previous slice with probability ``dropout``. On a resumed run the
+    step must not lie before the checkpoint (history is not rewritten); the phase is saved in the
+    run's config, so the run replays from scratch in one call."""
     dataset, ae_run, run_dir = Path(dataset), Path(ae_run), Path(run_dir)
     resume = (run_dir / STATE_NAME).is_file() and (run_dir / LATENT_CONFIG_NAME).is_file()
     per_channel = True
@@ -197,14 +204,24 @@ def train_latent(
         saved, saved_info = read_latent_run(run_dir)
         per_channel = "latent_channel_mean" in saved_info
         cfg = with_steps(saved, steps)
-        if config is not None and with_steps(config, cfg.steps) != cfg:
+        if config is not None and with_steps(config, cfg.steps) != replace(cfg, previous_dropout_from=config.previous_dropout_from):
             raise ConfigError("the run folder holds a latent denoiser with other settings; use a new folder", run_dir)
+        if previous_dropout_from is not None and previous_dropout_from not in cfg.previous_dropout_from:
+            done = load_checkpoint(run_dir).step
+            if previous_dropout_from[0] < done:
+                raise ConfigError(f"previous-dropout phase at step {previous_dropout_from[0]} lies before the run's "
+                                  f"checkpoint (step {done}); choose a step ≥ {done}", run_dir)
     else:
         if run_dir.exists() and any(p.name != LATENTS_NAME for p in run_dir.iterdir()):
             raise OutputError("output folder is not empty and holds no latent-denoiser checkpoint", run_dir)
         cfg = with_steps(config or LatentDenoiserConfig(), steps)
         run_dir.mkdir(parents=True, exist_ok=True)
+    if previous_dropout_from is not None and previous_dropout_from not in cfg.previous_dropout_from:
+        at, value = int(previous_dropout_from[0]), float(previous_dropout_from[1])
+        cfg = replace(cfg, previous_dropout_from=tuple(sorted((*cfg.previous_dropout_from, (at, value)))))
     cfg.validate()
+    if resume:
+        save_json(run_dir / LATENT_CONFIG_NAME, to_json(cfg))
     if threads is not None:
         torch.set_num_threads(threads)
     data = build_latent_data(dataset, ae_run, run_dir, per_channel)

@@ -237,7 +237,8 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         f"{float(ae.get('train_seconds', 0)) / 60:.0f} min",
         f"- Latent denoiser: channels {dc.get('channels')}, attention {dc.get('attention_levels')}, {den.get('steps')} steps "
         f"of batch {dc.get('batch_size')}, AdamW lr {dc.get('lr')}, EMA {dc.get('ema_decay')}, label dropout "
-        f"{dc.get('label_dropout')}, previous-slice dropout {dc.get('previous_dropout')}; "
+        f"{dc.get('label_dropout')}, previous-slice dropout {dc.get('previous_dropout')}"
+        f"{''.join(f' ({b} from step {a})' for a, b in dc.get('previous_dropout_from') or [])}; "
         f"{float(den.get('train_seconds', 0)) / 60:.0f} min; final loss {den.get('final_loss')}",
         f"- {hours:.1f} h in all on {tr.get('hardware', 'a 2-core CPU (no GPU was available)')}; torch {tr.get('torch')}, "
         f"MONAI {tr.get('monai')}; recipe `packaging/packs.toml [{meta.model_id}]`",
