@@ -60,12 +60,9 @@ def body_mask(hu: npt.NDArray[np.floating]) -> npt.NDArray[np.bool_]:
     """The body of one slice ``[H, W]`` (HU): the largest 8-connected region above −500 HU, holes filled."""
     from scipy import ndimage
 
-    lab, n = ndimage.label(hu > BODY_HU, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
-        return np.zeros(hu.shape, dtype=bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return np.asarray(ndimage.binary_fill_holes(lab == int(np.argmax(sizes))), dtype=bool)
+    from medsynth.prepare import largest_component
+
+    return np.asarray(ndimage.binary_fill_holes(largest_component((hu > BODY_HU)[None])[0]), dtype=bool)
 
 
 def bone_profile(slices_hu: npt.ArrayLike, pixel_mm: float, bone_hu: float = BONE_HU,
