@@ -124,3 +124,35 @@ def train_latent_cmd(dataset: Path, ae_run: Path, run_dir: Path, channels: str |
         echo_json(summary.to_json())
     else:
         click.echo(f"latent denoiser {run_dir}: step {summary.steps_done}/{summary.steps_target}, loss {summary.last_loss}")
+
+
+@click.command("runs-from-pack", epilog="""\b
+Examples:
+  medsynth runs-from-pack ct-body-512 --autoencoder-out ~/runs/ct-ae -o ~/runs/ct-ldm
+  medsynth train-latent data/my-ct-5mm --autoencoder ~/runs/ct-ae -o ~/runs/ct-ldm --steps 8000 --max-minutes 60
+  medsynth export ~/runs/ct-ldm --autoencoder ~/runs/ct-ae -o packs/my-ct-body --model-id my-ct-body
+""")
+@click.argument("pack")
+@click.option("--autoencoder-out", "ae_run", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="New folder for the autoencoder run.")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="New folder for the latent-denoiser run.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@handle_errors
+def runs_from_pack_cmd(pack: str, ae_run: Path, run_dir: Path, as_json: bool) -> None:
+    """Rebuild the training runs of a latent pack (PACK: a folder, or a bundled model id) from its ONNX
+    weights, so `train-latent` can train it further, e.g. on your own scans (same labels). The
+    rebuilt modules are checked against the pack's graphs; the optimizer restarts."""
+    from medsynth.latent.recover import runs_from_pack
+    from medsynth.pack import bundled_packs_dir
+
+    folder = Path(pack)
+    if not folder.is_dir() and (bundled_packs_dir() / pack).is_dir():
+        folder = bundled_packs_dir() / pack
+    summary = runs_from_pack(folder, ae_run, run_dir)
+    if as_json:
+        echo_json(summary.to_json())
+    else:
+        worst = max(summary.max_abs_error.values())
+        click.echo(f"autoencoder run {ae_run} (step {summary.autoencoder_steps}), latent run {run_dir} "
+                   f"(step {summary.denoiser_steps}); max |ONNX − rebuilt| {worst:.2g}")

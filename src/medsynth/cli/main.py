@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "export": "medsynth.cli.export:export",
     "train-autoencoder": "medsynth.cli.latent:train_autoencoder_cmd",
     "train-latent": "medsynth.cli.latent:train_latent_cmd",
+    "runs-from-pack": "medsynth.cli.latent:runs_from_pack_cmd",
     "merge-shards": "medsynth.cli.merge:merge_shards",
 }
 
@@ -36,6 +37,7 @@ SHORT_HELP: dict[str, str] = {
     "export": "Export a training run to a verified ONNX model pack.",
     "train-autoencoder": "Train the autoencoder of a latent-diffusion pack (MONAI AutoencoderKL).",
     "train-latent": "Train the latent denoiser of a latent-diffusion pack (series-coherent).",
+    "runs-from-pack": "Rebuild a latent pack's training runs from its ONNX weights (to train it further).",
     "generate": "Sample synthetic slices with onnxruntime and write DICOM/NIfTI/PNG.",
     "models": "List the model packs with their model cards.",
     "push": "Send a DICOM folder to a PACS (C-STORE or DICOMweb STOW-RS).",

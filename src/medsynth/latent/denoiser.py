@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,12 @@ def _previous_index(sources: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return prev
 
 
-def build_latent_data(dataset: Path, ae_run: Path, run_dir: Path, per_channel: bool = True) -> LatentData:
+def build_latent_data(dataset: Path, ae_run: Path, run_dir: Path, per_channel: bool = True,
+                      stats: tuple[Sequence[float], Sequence[float]] | None = None) -> LatentData:
     """Encode ``dataset`` with the autoencoder of ``ae_run`` (once; cached in ``run_dir``), normalised
-    per channel (``per_channel``) or by one scale factor (runs made before per-channel normalisation)."""
+    per channel (``per_channel``; by ``stats`` = (mean, std) per channel when given, as a resumed run
+    keeps the normalisation its weights were trained with, else by the data's own) or by one scale
+    factor (runs made before per-channel normalisation)."""
     ds = load_dataset(dataset)
     cache = run_dir / LATENTS_NAME
     if cache.is_file():
@@ -121,8 +125,14 @@ def build_latent_data(dataset: Path, ae_run: Path, run_dir: Path, per_channel: b
     labels = np.asarray(ds.labels, dtype=np.int64)
     positions = np.asarray(ds.positions, dtype=np.float32)
     if per_channel:
-        mean = z.mean(axis=(0, 2, 3), dtype=np.float64)
-        std = np.maximum(z.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
+        if stats is not None:
+            mean, std = np.asarray(stats[0], dtype=np.float64), np.asarray(stats[1], dtype=np.float64)
+            if mean.shape != (z.shape[1],) or std.shape != (z.shape[1],):
+                raise CheckpointError(f"the run's latent normalisation has {mean.size} channels, the autoencoder "
+                                      f"{z.shape[1]}", run_dir)
+        else:
+            mean = z.mean(axis=(0, 2, 3), dtype=np.float64)
+            std = np.maximum(z.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
         normed = ((z - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
         return LatentData(normed, labels, positions, _previous_index(sources), 1.0, ds.manifest.labels,
                           tuple(float(v) for v in mean), tuple(float(v) for v in std))
@@ -224,8 +234,20 @@ def train_latent(
         save_json(run_dir / LATENT_CONFIG_NAME, to_json(cfg))
     if threads is not None:
         torch.set_num_threads(threads)
-    data = build_latent_data(dataset, ae_run, run_dir, per_channel)
-    if not resume:
+    stats = None
+    if resume and "latent_channel_mean" in saved_info:
+        stats = (saved_info["latent_channel_mean"], saved_info["latent_channel_std"])
+    data = build_latent_data(dataset, ae_run, run_dir, per_channel, stats)
+    if resume:
+        if list(data.label_names) != list(saved_info["labels"]):
+            raise ConfigError(f"the dataset's labels {list(data.label_names)} differ from the run's "
+                              f"{list(saved_info['labels'])} (same names, same order)", dataset)
+        if tuple(data.latents.shape[1:]) != tuple(saved_info["latent_shape"]):
+            raise ConfigError(f"the dataset's latents are {list(data.latents.shape[1:])}, the run's "
+                              f"{saved_info['latent_shape']} (another matrix or autoencoder)", dataset)
+        if saved_info.get("dataset") != str(dataset):  # a fine-tune on more data: its sources join the run's
+            _add_dataset(run_dir, saved_info, dataset, data)
+    else:
         ds = load_dataset(dataset)
         save_json(run_dir / LATENT_CONFIG_NAME, to_json(cfg))
         save_json(run_dir / LATENT_RUN_NAME, {
@@ -304,6 +326,26 @@ def train_latent(
     finally:
         log.close()
     return LatentTrainSummary(run_dir, start, step, cfg.steps, last, secs + time.monotonic() - t_start)
+
+
+def _add_dataset(run_dir: Path, info: dict[str, Any], dataset: Path, data: LatentData) -> None:
+    """Record in the run's info that training continues on ``dataset``: its sources (by name and
+    sha256) join the manifest's, its position ranges widen the conditioning support."""
+    ds = load_dataset(dataset)
+    manifest = dict(info.get("manifest") or {})
+    sources = list(manifest.get("sources", []))
+    seen = {(s.get("name"), s.get("sha256"), s.get("label")) for s in sources}
+    for s in ds.manifest.to_json().get("sources", []):
+        if (s.get("name"), s.get("sha256"), s.get("label")) not in seen:
+            sources.append(s)
+    manifest["sources"] = sources
+    ranges = dict(info.get("position_ranges") or {})
+    for k, (lo, hi) in _position_ranges(data).items():
+        old = ranges.get(k, [lo, hi])
+        ranges[k] = [min(float(old[0]), lo), max(float(old[1]), hi)]
+    info = info | {"dataset": str(dataset), "manifest": manifest, "position_ranges": ranges,
+                   "datasets": [*info.get("datasets", []), str(dataset)]}
+    save_json(run_dir / LATENT_RUN_NAME, info)
 
 
 def _position_ranges(data: LatentData) -> dict[str, list[float]]:
