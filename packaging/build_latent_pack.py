@@ -4,6 +4,11 @@ train-autoencoder → train-latent → export into src/medsynth/packs/<id>/.
 
     python packaging/build_latent_pack.py ct-body-512 --work ~/medsynth-runs/ct-body-v2
 
+A recipe with a ``[<id>.restart]`` table trains in two phases: the first phase's denoiser is exported,
+rebuilt into fresh runs by ``medsynth runs-from-pack`` (EMA weights, new optimizer) and trained on with
+the restart's flags; that is how a bundled pack continues when only its pack (not its run folder) is
+left. ``--ld-steps`` then overrides the second phase's budget.
+
 The recipe's step budgets are fixed (``--steps`` in its flags), so a replay from scratch on the same
 software gives the same weights; ``history`` in the recipe says how the bundled weights were actually
 reached when that differs.
@@ -69,11 +74,21 @@ def main() -> None:
     if args.stage in ("autoencoder", "all"):
         medsynth("train-autoencoder", str(w / "data-ae"), "-o", str(w / "ae"),
                  *budget(recipe["autoencoder"], args.ae_steps), "--json")
+    restart = recipe.get("restart")  # a second phase that starts from the first phase's exported pack
+    ae_run, ld_run = (w / "restart-ae", w / "restart-ldm") if restart else (w / "ae", w / "ldm")
     if args.stage in ("denoiser", "all"):
         medsynth("train-latent", str(w / "data-train"), "--autoencoder", str(w / "ae"), "-o", str(w / "ldm"),
-                 *budget(recipe["denoiser"], args.ld_steps), "--json")
+                 *(recipe["denoiser"] if restart else budget(recipe["denoiser"], args.ld_steps)), "--json")
+        if restart:
+            if not (ld_run / "checkpoint.json").is_file():
+                medsynth("export", str(w / "ldm"), "--autoencoder", str(w / "ae"), "-o", str(w / "phase1-pack"),
+                         *recipe["export"], "--force", "--json")
+                medsynth("runs-from-pack", str(w / "phase1-pack"), "--autoencoder-out", str(ae_run), "-o", str(ld_run),
+                         "--json")
+            medsynth("train-latent", str(w / "data-train"), "--autoencoder", str(ae_run), "-o", str(ld_run),
+                     *budget(restart["denoiser"], args.ld_steps), "--json")
     if args.stage in ("export", "all"):
-        medsynth("export", str(w / "ldm"), "--autoencoder", str(w / "ae"), "-o",
+        medsynth("export", str(ld_run), "--autoencoder", str(ae_run), "-o",
                  str(REPO / "src" / "medsynth" / "packs" / args.pack_id), *recipe["export"], "--force", "--json")
 
 
