@@ -216,6 +216,53 @@ def test_mode_collapse_shows_in_diversity(ct_slices: np.ndarray) -> None:
     assert div["kl"]["synthetic"] > 5 * div["kl"]["baseline"]
 
 
+def test_diversity_interval_resamples_whole_series(ct_slices: np.ndarray) -> None:
+    """Slices of one generated series are correlated: the diversity-KL interval resamples whole series,
+    so a synthetic set that is a single series has no interval (a slice bootstrap would give a narrow one)."""
+    rng = np.random.default_rng(0)
+    noisy = np.clip(ct_slices[20:60] + rng.normal(0, 0.02, (40, 64, 64)), -1, 1).astype(np.float32)
+    real = replace(_set(ct_slices), volumes=np.repeat(np.arange(8), 14),
+                   positions=np.tile(np.arange(14, dtype=np.float32), 8))
+    one = replace(_set(noisy), volumes=np.zeros(40, np.int64), positions=np.arange(40, dtype=np.float32))
+    div = evaluate_sets(real, one, config=FAST).data["metrics"]["diversity"]
+    assert div["kl"]["synthetic"] >= 0 and div["kl"]["ci"] is None
+    assert div["kl"]["baseline_ci"] is not None  # real half A has several volumes
+    four = replace(one, volumes=np.repeat(np.arange(4), 10), positions=np.tile(np.arange(10, dtype=np.float32), 4))
+    kl = evaluate_sets(real, four, config=FAST).data["metrics"]["diversity"]["kl"]
+    assert kl["ci"] is not None and kl["ci"][0] <= kl["synthetic"] <= kl["ci"][1]
+
+
+def test_bounded_means_get_plain_percentile_intervals() -> None:
+    """Accuracies and fractions (means of values in [0, 1]) are not bias-shifted: their interval stays
+    in [0, 1], contains the estimate, and reaches 1 when resamples do (a shift gave 0.98 [0.97, 0.99]
+    for a volume-resampled accuracy whose resamples reach 1.0, and upper ends above 1)."""
+    import sys
+    from types import SimpleNamespace
+
+    ev = sys.modules["medsynth.evaluation.evaluate"]
+    cases = [
+        # a large volume with one miss, small perfect volumes: estimate 0.98, resamples up to 1.0
+        (np.concatenate([np.zeros(40, np.int64), np.arange(1, 11)]), np.r_[np.ones(39), 0.0, np.ones(10)]),
+        # a large perfect volume, small half-right ones: resample means below the estimate
+        (np.concatenate([np.zeros(30, np.int64), np.repeat(np.arange(1, 11), 2)]),
+         np.r_[np.ones(30), np.tile([1.0, 0.0], 10)]),
+    ]
+    for g, v in cases:
+        ci = ev._Bootstrap(EvaluationConfig(bootstrap=500), SimpleNamespace(s_groups=g, a_groups=g, b_groups=g))
+        res = ci.pair_means(v, v, "higher")
+        lo, hi = res["ci"]
+        assert 0.0 <= lo <= res["synthetic"] <= hi <= 1.0
+    assert cases[0][1].mean() == pytest.approx(0.98)
+    g, v = cases[0]
+    ci = ev._Bootstrap(EvaluationConfig(bootstrap=500), SimpleNamespace(s_groups=g, a_groups=g, b_groups=g))
+    assert ci.pair_means(v, v, "higher")["ci"][1] == 1.0  # resamples without the miss are all correct
+    # a statistic at its ceiling everywhere: [1, 1]
+    assert ev._interval(np.ones(50), 1.0, bias_shift=False) == [1.0, 1.0]
+    # plug-in divergences keep the shift (their resamples are biased upward) and stay >= 0
+    lo, hi = ev._interval(np.array([0.3, 0.4, 0.5, 0.6]), 0.1)
+    assert lo == 0.0 and 0.1 <= hi < 0.3
+
+
 def test_classifier_test_on_labelled_xray(xr: tuple[np.ndarray, np.ndarray]) -> None:
     x, y = xr
     real = _set(x, y, ct=False)
@@ -356,9 +403,12 @@ def test_nifti_input_and_refusals(tmp_path: Path, ct_slices: np.ndarray) -> None
 # --------------------------------------------------------------------------------------------
 
 
-def _constant_pack(root: Path, image: np.ndarray, model_id: str, training: dict[str, object]) -> Path:
+def _constant_pack(root: Path, image: np.ndarray, model_id: str, training: dict[str, object],
+                   echo: bool = False) -> Path:
     """A torch-free pack whose ONNX denoiser predicts x0 = ``image`` [H, W] whatever its input
-    (prediction_type "sample"): every sample it makes is that image."""
+    (prediction_type "sample"): every sample it makes is that image. ``echo``: it predicts x0 = its
+    input instead (``image`` gives the matrix only), so every sample is a function of its starting
+    noise alone, whatever the condition."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -369,8 +419,9 @@ def _constant_pack(root: Path, image: np.ndarray, model_id: str, training: dict[
               helper.make_tensor_value_info("timestep", TensorProto.INT64, ["B"]),
               helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["B"])]
     outputs = [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["B", 1, h, w])]
-    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
-    img = helper.make_tensor("img", TensorProto.FLOAT, [1, 1, h, w], image.astype(np.float32).ravel().tolist())
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [1.0 if echo else 0.0])
+    img = helper.make_tensor("img", TensorProto.FLOAT, [1, 1, h, w],
+                             (np.zeros_like(image) if echo else image).astype(np.float32).ravel().tolist())
     graph = helper.make_graph([helper.make_node("Mul", ["sample", "zero"], ["z"]),
                                helper.make_node("Add", ["z", "img"], ["prediction"])],
                               "constant", inputs, outputs, [zero, img])
@@ -408,6 +459,31 @@ def test_pack_evaluation_flags_copies_and_wrong_intensities(tmp_path: Path, ct_s
     fails = check_thresholds(evaluate_pack(flat, None, n_images=12, config=FAST)[0])
     assert any("intensity histogram KL" in f for f in fails) and any("tissue-class" in f for f in fails)
     assert not any("copies" in f for f in fails)
+
+
+def test_pack_evaluation_seeds_share_no_noise(tmp_path: Path, ct_slices: np.ndarray) -> None:
+    """Each label of an evaluation gets its own seed from SeedSequence([seed, k]): with seed + k, label 1
+    at seed 0 started from label 0's noise at seed 1, and a --seed 1 re-run repeated seed 0's samples."""
+    from medsynth.evaluation.packs import label_seed, synthesize_with_generate
+
+    pack = _constant_pack(tmp_path / "echo", ct_slices[0], "echo", {}, echo=True)  # sample = f(noise)
+    labels = np.repeat([0, 1], 8)  # two labels, two volumes of 8 slices each
+    real = replace(_set(ct_slices[:16], labels), volumes=np.repeat([0, 1], 8),
+                   positions=np.tile(np.arange(8, dtype=np.float32), 2))
+    runs = [synthesize_with_generate(pack, real, tmp_path / f"seed{s}", n_images=8, seed=s, steps=2)
+            for s in (0, 1)]
+    for r in runs:
+        assert sorted(np.unique(r.labels).tolist()) == [0, 1] and len(r) == 8
+    a, b = (r.images.reshape(len(r), -1) for r in runs)
+    assert np.ptp(a) > 0.5  # the images are noise-driven, not constant
+    for x, y in [(a, b), (a, a), (b, b)]:
+        same = (np.abs(x[:, None, :] - y[None, :, :]).max(axis=2) == 0)
+        if x is y:
+            np.fill_diagonal(same, False)
+        assert not same.any()  # no image of seed 0 is an image of seed 1 (or another of its own run)
+    seeds = {label_seed(s, k) for s in range(20) for k in range(5)}
+    assert len(seeds) == 100 and all(0 <= v < 2**63 for v in seeds)
+    assert label_seed(3, 1) == label_seed(3, 1)  # deterministic
 
 
 def test_cli_evaluates_a_pack_through_generate(tmp_path: Path, ct_slices: np.ndarray) -> None:

@@ -284,12 +284,15 @@ def evaluate_sets(
     div: dict[str, Any] = {"set_size": m}
     if m >= 2:
         # random subsets of equal size: the nearest-neighbour SSIM grows with the set's size
-        xa, xb, xs = (v[subset(len(v), m, rng)] for v in (wa, wb, ws))
+        ja, jb, js = (subset(len(v), m, rng) for v in (wa, wb, ws))
+        xa, xb, xs = wa[ja], wb[jb], ws[js]
         da = M.nearest_ssim(xa, xa, cfg.ssim, exclude_self=True, progress=stage("diversity (real A)"))
         db = M.nearest_ssim(xb, xb, cfg.ssim, exclude_self=True, progress=stage("diversity (real B)"))
         dsy = M.nearest_ssim(xs, xs, cfg.ssim, exclude_self=True, progress=stage("diversity (synthetic)"))
         div.update(
-            kl=ci.pair(lambda q, r: M.nn_ssim_kl(r, q), dsy.ssim, da.ssim, db.ssim, "lower", groups=False),
+            # the interval resamples whole volumes/series (their slices are correlated), not single slices
+            kl=ci.pair(lambda q, r: M.nn_ssim_kl(r, q), dsy.ssim, da.ssim, db.ssim, "lower",
+                       gs=sets.s_groups[js], ga=sets.a_groups[ja], gr=sets.b_groups[jb]),
             within_set_nearest_ssim={"synthetic": _stats(dsy.ssim), "real_b": _stats(db.ssim),
                                      "real_a": _stats(da.ssim)},
         )
@@ -450,8 +453,10 @@ def evaluate_sets(
             "real_half_b": int(len(sets.b)),
             "synthetic_used": int(len(sets.s)),
             "synthetic_series": int(len(np.unique(sets.s_groups))),
-            "confidence_intervals": f"95 % bias-corrected percentile bootstrap, {cfg.bootstrap} resamples of whole volumes/series "
-                                    "(query and reference sides; nearest-neighbour metrics resample the query side)",
+            "confidence_intervals": f"95 % percentile bootstrap, {cfg.bootstrap} resamples of whole volumes/series "
+                                    "(query and reference sides; nearest-neighbour metrics resample the query side); "
+                                    "plug-in divergences and distances bias-shifted to their point estimate, means "
+                                    "and accuracies plain percentile (within their bounds)",
             "resolution": f"SSIM, diversity, nearest-neighbour and memorisation on area-downsampled copies of at most "
                           f"{cfg.ssim_max_side} px a side; Fréchet features on copies of at most 128 px; histograms, "
                           "tissue fractions and power spectra at full resolution",
@@ -474,15 +479,25 @@ def evaluate_sets(
     return EvaluationReport(data, figures)
 
 
-def _interval(resampled: npt.NDArray[np.float64], estimate: float) -> list[float]:
-    """95 % interval of bootstrap ``resampled`` values, bias-corrected: shifted so that their mean is the
-    point ``estimate`` (plug-in divergences such as KL and the Fréchet distance grow when resampling
-    duplicates images; without the shift their interval would miss the estimate)."""
-    shifted = resampled - (float(np.mean(resampled)) - float(estimate))
-    lo, hi = np.percentile(shifted, [2.5, 97.5])
-    if resampled.min() >= 0.0:  # a non-negative statistic (divergence, distance, fraction) stays so
+def _interval(resampled: npt.NDArray[np.float64], estimate: float, bias_shift: bool = True) -> list[float]:
+    """95 % interval of bootstrap ``resampled`` values around the point ``estimate``.
+
+    ``bias_shift`` (plug-in divergences such as KL, the Fréchet distance, total variation): the
+    replicates are shifted so that their mean is the estimate — these statistics grow when
+    resampling duplicates images, and without the shift their interval would miss the estimate;
+    the lower end is clipped at 0. Without it (means, accuracies, fractions — bounded quantities
+    whose resampled mean is the estimate already): the plain percentile interval, which stays
+    within the range the replicates take (an accuracy of 1.0 everywhere gives [1, 1], never an
+    upper end below 1). Either way the interval is widened, if need be, to contain the estimate."""
+    vals = resampled[np.isfinite(resampled)]
+    if len(vals) == 0:
+        return [float(estimate), float(estimate)]
+    if bias_shift:
+        vals = vals - (float(np.mean(vals)) - float(estimate))
+    lo, hi = (float(v) for v in np.percentile(vals, [2.5, 97.5]))
+    if bias_shift and resampled.min() >= 0.0:  # a non-negative statistic (divergence, distance) stays so
         lo = max(lo, 0.0)
-    return [float(lo), float(hi)]
+    return [min(lo, float(estimate)), max(hi, float(estimate))]
 
 
 class _Bootstrap:
@@ -495,7 +510,8 @@ class _Bootstrap:
         self.groups = {"s": sets.s_groups, "a": sets.a_groups, "b": sets.b_groups}
 
     def _ci(self, stat: Callable[[Any, Any], float], q: npt.NDArray[Any], r: npt.NDArray[Any] | None,
-            gq: npt.NDArray[np.int64], groups: bool, n_boot: int) -> list[float] | None:
+            gq: npt.NDArray[np.int64], groups: bool, n_boot: int, gr: npt.NDArray[np.int64] | None = None,
+            bias_shift: bool = True) -> list[float] | None:
         from medsynth.evaluation.splits import GroupBootstrap
 
         if n_boot < 2 or len(q) < 2:
@@ -504,29 +520,40 @@ class _Bootstrap:
         bq = GroupBootstrap(gq if groups else np.arange(len(q)), rng)
         if bq.n_groups < 2:
             return None  # one volume/series: resampling cannot show between-patient variation
-        br = GroupBootstrap(self.groups["b"] if groups and r is not None and len(r) == len(self.groups["b"])
-                            else np.arange(0 if r is None else len(r)), rng) if r is not None else None
+        br: GroupBootstrap | None = None
+        if r is not None:
+            if not groups:
+                ref_groups = np.arange(len(r))
+            elif gr is not None:
+                ref_groups = gr
+            elif len(r) == len(self.groups["b"]):
+                ref_groups = self.groups["b"]
+            else:
+                ref_groups = np.arange(len(r))
+            br = GroupBootstrap(ref_groups, rng)
         vals = []
         for _ in range(n_boot):
             iq = bq.draw()
             vals.append(stat(q[iq], r if br is None or r is None else r[br.draw()]))
-        return _interval(np.asarray(vals, dtype=np.float64), stat(q, r))
+        return _interval(np.asarray(vals, dtype=np.float64), stat(q, r), bias_shift)
 
     def pair(self, stat: Callable[[Any, Any], float], qs: npt.NDArray[Any], qa: npt.NDArray[Any],
              r: npt.NDArray[Any] | None, better: str, groups: bool = True, n_boot: int | None = None,
              gs: npt.NDArray[np.int64] | None = None, ga: npt.NDArray[np.int64] | None = None,
-             **extra: Any) -> dict[str, Any]:
-        """Synthetic ``stat(qs, r)`` and baseline ``stat(qa, r)`` with their CIs."""
+             gr: npt.NDArray[np.int64] | None = None, bias_shift: bool = True, **extra: Any) -> dict[str, Any]:
+        """Synthetic ``stat(qs, r)`` and baseline ``stat(qa, r)`` with their CIs. ``gs``/``ga``/``gr``: the
+        groups (volumes/series) of ``qs``/``qa``/``r`` when they are not the sets' own images (default:
+        the synthetic / real-A / real-B groups); ``bias_shift``: see :func:`_interval` (False for means)."""
         nb = self.n if n_boot is None else n_boot
         gs = self.groups["s"] if gs is None else gs
         ga = self.groups["a"] if ga is None else ga
-        return _pair(stat(qs, r), stat(qa, r), better, ci=self._ci(stat, qs, r, gs, groups, nb),
-                     baseline_ci=self._ci(stat, qa, r, ga, groups, nb), **extra)
+        return _pair(stat(qs, r), stat(qa, r), better, ci=self._ci(stat, qs, r, gs, groups, nb, gr, bias_shift),
+                     baseline_ci=self._ci(stat, qa, r, ga, groups, nb, gr, bias_shift), **extra)
 
     def pair_means(self, vs: npt.NDArray[Any], va: npt.NDArray[Any], better: str, **extra: Any) -> dict[str, Any]:
-        """Means of per-query-image values (``[n_s]``, ``[n_a]``) with CIs."""
+        """Means of per-query-image values (``[n_s]``, ``[n_a]``) with plain percentile CIs."""
         return self.pair(lambda q, _r: float(np.mean(q)), np.asarray(vs, np.float64), np.asarray(va, np.float64),
-                         None, better, **extra)
+                         None, better, bias_shift=False, **extra)
 
 
 def _adjacent(ci: _Bootstrap, cfg: EvaluationConfig, sets: _Sets,
@@ -545,7 +572,7 @@ def _adjacent(ci: _Bootstrap, cfg: EvaluationConfig, sets: _Sets,
         return None
     va, vb, vs = adjacent_ssim(wa, pa, cfg.ssim), adjacent_ssim(wb, pb, cfg.ssim), adjacent_ssim(ws, ps, cfg.ssim)
     return ci.pair(lambda q, _r: float(np.mean(q)), vs, va, None, "closer to baseline",
-                   gs=sets.s_groups[ps[:, 0]], ga=sets.a_groups[pa[:, 0]], real_b=float(vb.mean()),
+                   gs=sets.s_groups[ps[:, 0]], ga=sets.a_groups[pa[:, 0]], bias_shift=False, real_b=float(vb.mean()),
                    pairs={"synthetic": int(len(ps)), "real_a": int(len(pa)), "real_b": int(len(pb))},
                    note="neighbours at each set's own slice spacing (generated series: the preset's slice "
                         "thickness; real volumes: as prepared)")
@@ -587,7 +614,7 @@ def _discriminator(cfg: EvaluationConfig, sets: _Sets,
             c, y = r.correct[i], r.labels[i]
             if (y == 0).any() and (y == 1).any():
                 vals.append(0.5 * (np.mean(c[y == 0]) + np.mean(c[y == 1])))
-        return _interval(np.asarray(vals, dtype=np.float64), r.accuracy)
+        return _interval(np.asarray(vals, dtype=np.float64), r.accuracy, bias_shift=False)
 
     return _pair(rs.accuracy, ra.accuracy, "lower (0.5 = indistinguishable)", ci=boot(rs), baseline_ci=boot(ra),
                  model=rs.model, folds=rs.folds, images_per_class=int(np.sum(rs.labels == 0)),
@@ -615,17 +642,18 @@ def _per_condition(real: ImageSet, ci: _Bootstrap, sets: _Sets, hist: dict[str, 
 
         def one(stat: Callable[[Any, Any], float], d: dict[str, npt.NDArray[Any]], better: str,
                 ms: npt.NDArray[np.bool_] = ms, ma: npt.NDArray[np.bool_] = ma, mb: npt.NDArray[np.bool_] = mb,
-                has_a: bool = has_a) -> dict[str, Any]:
+                has_a: bool = has_a, bias_shift: bool = True) -> dict[str, Any]:
             qa = d["a"][ma] if has_a else d["s"][ms]
             res = ci.pair(stat, d["s"][ms], qa, d["b"][mb], better, n_boot=min(ci.n, 100),
-                          gs=sets.s_groups[ms], ga=sets.a_groups[ma] if has_a else sets.s_groups[ms])
+                          gs=sets.s_groups[ms], ga=sets.a_groups[ma] if has_a else sets.s_groups[ms],
+                          gr=sets.b_groups[mb], bias_shift=bias_shift)
             if not has_a:
                 res["baseline"], res["baseline_ci"] = None, None
             return res
 
         entry["intensity_kl"] = one(lambda q, r: M.kl_divergence(r.sum(axis=0), q.sum(axis=0)), hist, "lower")
         entry["power_spectrum_db"] = one(spectrum_distance, spec, "lower")
-        entry["mean_intensity"] = one(lambda q, _r: float(np.mean(q)), means, "closer to baseline")
+        entry["mean_intensity"] = one(lambda q, _r: float(np.mean(q)), means, "closer to baseline", bias_shift=False)
         if tissue:
             entry["tissue_tv"] = one(lambda q, r: float(0.5 * np.abs(q.mean(axis=0) - r.mean(axis=0)).sum()),
                                      tissue, "lower")

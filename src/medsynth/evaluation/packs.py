@@ -158,6 +158,15 @@ def _merged_volumes(parts: list[Any]) -> npt.NDArray[np.int64]:
     return np.asarray(out, dtype=np.int64)
 
 
+def label_seed(seed: int, k: int) -> int:
+    """The ``generate`` seed of the ``k``-th label of an evaluation at ``seed``: drawn from
+    ``numpy.random.SeedSequence([seed, k])`` (in [0, 2**63)), so that labels and evaluation seeds
+    never share noise (``seed + k`` would give label ``k`` at seed ``s`` the noise of label ``k - 1``
+    at seed ``s + 1``, and a ``--seed 1`` re-run would repeat most of seed 0's samples)."""
+    state = np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
 def synthesize_with_generate(
     pack_dir: Path, real: ImageSet, workdir: Path, n_images: int = 64, seed: int = 0, steps: int | None = None,
     output_format: Literal["nifti", "dicom"] = "nifti", threads: int | None = None, sampler: str | None = None,
@@ -197,8 +206,9 @@ def synthesize_with_generate(
         patients = max(1, int(np.ceil(per_label / length)))
         out = workdir / f"label{k}"
         generate(GenerateConfig(modality=preset.name, out_dir=out, patients=patients, slices=max(length, 2)
-                                if preset.is_volume else 1, condition=name, seed=seed + k, steps=steps, sampler=sampler,
-                                model=pack.root, device="cpu", threads=threads, format=output_format))
+                                if preset.is_volume else 1, condition=name, seed=label_seed(seed, k), steps=steps,
+                                sampler=sampler, model=pack.root, device="cpu", threads=threads,
+                                format=output_format))
         parts.append(load_synthetic(out, real))
     offsets = np.cumsum([0] + [int(p.groups.max()) + 1 for p in parts])
     return ImageSet(
@@ -280,7 +290,7 @@ def markdown_block(report: EvaluationReport, pack: ModelPack, thresholds: GateTh
         "",
         f"{p['synthetic_used']} images in {p.get('synthetic_series')} series made by `medsynth generate` "
         f"({gen.get('sampler', pack.metadata.default_sampler)}, {gen.get('steps', pack.metadata.default_steps)} steps, "
-        f"guidance {pack.metadata.default_guidance:g}, seed {p['seed']}, read back from NIfTI) against {against}. "
+        f"guidance {pack.metadata.default_guidance:g}, seed {p['seed']} (one derived seed per label), read back from NIfTI) against {against}. "
         + (f"Baseline: the pack's training patients (n={p['real_half_a']}, {p['real_volumes_a']} volumes) measured "
            f"against the held-out ones (n={p['real_half_b']}, {p['real_volumes_b']} volumes) exactly as the generated "
            "images are. " if d["inputs"].get("baseline") else
