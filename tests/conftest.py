@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ TINY_AE = AutoencoderConfig(channels=(32, 32, 32), crop=32, batch_size=4, steps=
                             whole_slice_steps=1)
 TINY_LD = LatentDenoiserConfig(channels=(32, 32), attention_levels=(False, True), batch_size=4, steps=4,
                                checkpoint_every=2, warmup_steps=2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The CT presets default to the 512² latent pack ``ct-body-512`` (~1 s a slice). The plumbing
+    tests (writers, push, shards, cohorts, CLI) only need *a* CT pack, so they sample the bundled 64²
+    ``ct-body`` pixel pack in its place: ``$MEDSYNTH_MODEL_DIR`` (searched before the bundled packs,
+    and inherited by subprocesses) holds a copy of it under the default's name. Tests of the real
+    default delete the variable (``monkeypatch.delenv``); see test_latent.py."""
+    if os.environ.get("MEDSYNTH_MODEL_DIR"):
+        return
+    root = Path(tempfile.mkdtemp(prefix="medsynth-test-packs-"))
+    shutil.copytree(REPO / "src" / "medsynth" / "packs" / "ct-body", root / "ct-body-512")
+    os.environ["MEDSYNTH_MODEL_DIR"] = str(root)
+    config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 def shared_data_dir() -> Path:

@@ -109,12 +109,13 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Frozen:
 
 @pytest.fixture(scope="module")
 def generated(frozen: Frozen, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`medsynth generate --modality ct-pelvis` by the frozen executable (4 slices of the bundled ct-body)."""
+    """`medsynth generate --modality ct-pelvis` by the frozen executable (4 slices of the default pack, the
+    bundled 512² ct-body-512: its environment has no $MEDSYNTH_MODEL_DIR stand-in)."""
     work = tmp_path_factory.mktemp("frozen-generate")
     proc = frozen.run(*GENERATE, "-o", "out", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
-    assert (summary["model_id"], summary["files"], summary["provider"]) == ("ct-body", 4, "CPUExecutionProvider")
+    assert (summary["model_id"], summary["files"], summary["provider"]) == ("ct-body-512", 4, "CPUExecutionProvider")
     return work / "out"
 
 
@@ -164,7 +165,9 @@ def test_frozen_cli_version_help_and_torch_commands(frozen: Frozen, tmp_path: Pa
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
-def test_frozen_generate_passes_dciodvfy_and_matches_the_python_package(generated: Path, tmp_path: Path) -> None:
+def test_frozen_generate_passes_dciodvfy_and_matches_the_python_package(generated: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDSYNTH_MODEL_DIR")  # the package's real default, as the frozen build has it
     manifest = json.loads((generated / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["complete"] and len(manifest["files"]) == 4
     files = sorted(generated / f["path"] for f in manifest["files"])
@@ -205,13 +208,14 @@ def test_frozen_push_to_orthanc(frozen: Frozen, generated: Path, orthanc_pacs: O
 def test_frozen_prepare_jpeg2000_to_dicom_nifti_and_evaluate(frozen: Frozen, generated: Path, shared_data: Path,
                                                             tmp_path: Path) -> None:
     # JPEG 2000 lossless DICOM: pydicom decodes it through pylibjpeg-openjpeg, found via its entry points
+    # (on the default pack's grid, 512² at 0.8 mm, so evaluate can compare it with `generated`)
     proc = frozen.run("prepare", str(shared_data / "ct" / "upper_abdomen_dicom"), "--modality", "ct-pelvis",
-                      "-o", "ds", "--json", cwd=tmp_path)
+                      "--matrix", "512", "--pixel-spacing", "0.8", "-o", "ds", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["files_read"] == 20 and summary["skipped"] == [] and summary["slices_kept"] > 0
     slices = np.load(tmp_path / "ds" / "slices.npy")
-    assert slices.shape[1:] == (64, 64) and slices.std() > 0.05
+    assert slices.shape[1:] == (512, 512) and slices.std() > 0.05
     # NIfTI through SimpleITK
     proc = frozen.run("to-dicom", str(shared_data / "ct" / "abdomen_pelvis_totalseg.nii.gz"), "--modality",
                       "ct-pelvis", "-o", "vol", "--seed", "1", "--json", cwd=tmp_path)

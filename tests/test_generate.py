@@ -143,17 +143,24 @@ def test_refusals(packs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(gen, "bundled_packs_dir", lambda: tmp_path / "nothing")
     code, out = run("generate", "-m", "mr-cardiac", "-o", str(tmp_path / "np"))
     assert code != 0 and "no model pack 'mr-cardiac'" in out and "--model" in out
-    # --model-dir finds a pack by its model id
-    code, out = run("generate", "-m", "ct-pelvis", "--model-dir", str(packs), "-o", str(tmp_path / "md"),
+    # --model-dir finds a pack by the preset's default model id (ct-pelvis: ct-body-512)
+    shutil.copytree(packs / "ct-body", tmp_path / "mine" / "ct-body-512")
+    code, out = run("generate", "-m", "ct-pelvis", "--model-dir", str(tmp_path / "mine"), "-o", str(tmp_path / "md"),
                     "--slices", "2", "--steps", "2", "--json")
     assert code == 0 and json.loads(out)["model_id"] == "ct-body"
 
 
-def test_models_lists_packs_with_cards(packs: Path) -> None:
+def test_models_lists_packs_with_cards(packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDSYNTH_MODEL_DIR")
     code, out = run("models", "--model-dir", str(packs), "--model-dir", str(packs.parent / "tampered"), "--json")
     assert code == 0, out
     listed = {Path(p["root"]).name: p for p in json.loads(out)["packs"] if p["source"] == "model-dir"}
     assert set(listed) == {"ct-body", "xr-chest", "tampered"}
+    # $MEDSYNTH_MODEL_DIR is listed too, and generate looks there first
+    monkeypatch.setenv("MEDSYNTH_MODEL_DIR", str(packs))
+    code, out = run("models", "--json")
+    assert code == 0 and {Path(p["root"]).name for p in json.loads(out)["packs"] if p["source"] == "model-dir"} == \
+        {"ct-body", "xr-chest"}
     assert listed["ct-body"]["metadata"]["presets"] == ["ct-pelvis", "ct-abdomen", "ct-chest"]
     assert "Random weights" in listed["ct-body"]["model_card"] and listed["ct-body"]["error"] is None
     assert "tampered" in listed["tampered"]["error"]

@@ -119,5 +119,5 @@ def test_like_with_a_latent_pack(shared_data: Path, latent_pack: Path, tmp_path:
     real = pydicom.dcmread(next(p for p in sorted(source.iterdir())), stop_before_pixels=True)
     ds = pydicom.dcmread(files[0])
     assert len(files) == len(list(source.iterdir())) and (ds.Rows, ds.Columns) == (real.Rows, real.Columns)
-    assert ds.ManufacturerModelName == "medsynth ct-body" and ds.SyntheticData == "YES"
+    assert ds.ManufacturerModelName == "medsynth ct-body-512" and ds.SyntheticData == "YES"  # the pack's model id
     assert _dciodvfy_errors(files[0]) == []

@@ -36,7 +36,7 @@ from medsynth.dicom_io.geometry import VolumeGeometry
 from medsynth.dicom_io.iod import table_centre
 from medsynth.errors import ConfigError, ModelPackError, OutputError
 from medsynth.outputs import RunJournal, atomic_write, remove_previous_run, require_usable_output
-from medsynth.pack import ModelPack, bundled_packs_dir, load_pack
+from medsynth.pack import ModelPack, bundled_packs_dir, load_pack, user_model_dir
 from medsynth.presets import IntensityMapping, Preset, Window, get_preset
 from medsynth.sampling.runtime import DeviceName
 from medsynth.shard import Shard, check_shardable
@@ -180,7 +180,7 @@ class _Item:
 
 def resolve_pack(preset: Preset, model: Path | None, model_dir: Path | None = None) -> ModelPack:
     """The pack to sample from: ``model`` if given, else the preset's ``model_id`` pack in
-    ``model_dir`` or the bundled packs. Verifies sha256s (tampered or foreign files are refused)."""
+    ``model_dir`` (default ``$MEDSYNTH_MODEL_DIR``) or the bundled packs. Verifies sha256s (tampered or foreign files are refused)."""
     if model is not None:
         # a folder, or the name of a bundled pack (e.g. ``--model ct-body-512``)
         named = bundled_packs_dir() / str(model)
@@ -188,6 +188,7 @@ def resolve_pack(preset: Preset, model: Path | None, model_dir: Path | None = No
             model = named
         pack = load_pack(model)
     else:
+        model_dir = model_dir if model_dir is not None else user_model_dir()
         candidates = [d / preset.model_id for d in (model_dir, bundled_packs_dir()) if d is not None]
         found = next((c for c in candidates if (c / "pack.json").is_file()), None)
         if found is None:
@@ -593,6 +594,9 @@ def list_packs(model_dirs: tuple[Path, ...] = ()) -> list[PackInfo]:
     """Every pack folder (one with a pack.json) in the bundled packs and in ``model_dirs``; each is
     verified, and a broken one is listed with its error instead of stopping the listing."""
     out: list[PackInfo] = []
+    env = user_model_dir()
+    if env is not None and env not in model_dirs:
+        model_dirs = (*model_dirs, env)
     for source, base in [("bundled", bundled_packs_dir()), *(("model-dir", Path(d)) for d in model_dirs)]:
         if not base.is_dir():
             if source != "bundled":

@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +269,16 @@ def load_pack(root: str | Path, verify: bool = True) -> ModelPack:
                     f,
                 )
     return ModelPack(root, meta)
+
+
+ENV_MODEL_DIR = "MEDSYNTH_MODEL_DIR"
+
+
+def user_model_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """``$MEDSYNTH_MODEL_DIR``: a folder of packs searched before the bundled ones when no
+    ``--model-dir`` is given (set once on a workstation, every script picks it up)."""
+    value = (os.environ if environ is None else environ).get(ENV_MODEL_DIR, "").strip()
+    return Path(value) if value else None
 
 
 def bundled_packs_dir() -> Path:

@@ -102,8 +102,12 @@ class Preset:
 
     ``matrix`` is (rows, columns) in pixels; ``pixel_spacing_mm`` is (row spacing, column spacing)
     in mm; ``slice_thickness_mm`` is also the default spacing between synthetic slices.
-    ``model_id`` names the bundled pack that serves this preset, ``default_condition`` the label
-    used when the user gives none.
+    ``model_id`` names the bundled pack that serves this preset by default, ``family`` the pack
+    family a newly exported pack of this preset is named after (default: ``model_id``; the CT
+    presets default to the 512² latent pack ``ct-body-512`` of the ``ct-body`` family, whose 64²
+    pixel pack stays bundled as ``--model ct-body``), ``default_condition`` the label used when the
+    user gives none. ``matrix`` and ``pixel_spacing_mm`` are the grid a pixel-space pack is trained
+    on (``prepare``'s default); a pack's own matrix and spacing decide what ``generate`` writes.
     """
 
     name: str
@@ -124,6 +128,12 @@ class Preset:
     series_description: str
     is_volume: bool = True
     samples_per_pixel: int = 1  # 3: RGB colour (model space [3, H, W], DICOM RGB, PlanarConfiguration 0)
+    family: str = ""
+
+    @property
+    def pack_family(self) -> str:
+        """The family new packs of this preset are named after and grouped by (see class doc)."""
+        return self.family or self.model_id
 
     def condition_index(self, label: str) -> int:
         """Index of ``label`` in ``conditions``; ConfigError naming the valid labels otherwise."""
@@ -170,7 +180,8 @@ PRESETS: dict[str, Preset] = {
             anatomic_region=CodedConcept("12921003", "SCT", "Pelvis"),
             conditions=_CT_CONDITIONS,
             default_condition="pelvis",
-            model_id="ct-body",
+            model_id="ct-body-512",
+            family="ct-body",
             study_description="CT PELVIS (SYNTHETIC)",
             series_description="Synthetic axial pelvis",
         ),
@@ -188,7 +199,8 @@ PRESETS: dict[str, Preset] = {
             anatomic_region=CodedConcept("818981001", "SCT", "Abdomen"),
             conditions=_CT_CONDITIONS,
             default_condition="abdomen",
-            model_id="ct-body",
+            model_id="ct-body-512",
+            family="ct-body",
             study_description="CT ABDOMEN (SYNTHETIC)",
             series_description="Synthetic axial abdomen",
         ),
@@ -206,7 +218,8 @@ PRESETS: dict[str, Preset] = {
             anatomic_region=CodedConcept("51185008", "SCT", "Thorax"),
             conditions=_CT_CONDITIONS,
             default_condition="chest",
-            model_id="ct-body",
+            model_id="ct-body-512",
+            family="ct-body",
             study_description="CT CHEST (SYNTHETIC)",
             series_description="Synthetic axial chest",
         ),

@@ -44,7 +44,7 @@ def _shard(text: str | None) -> Any:
 @click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path),
               help="Your own model pack folder (its sha256s are checked).")
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="A folder of packs searched before the bundled ones.")
+              help="A folder of packs searched before the bundled ones (default: $MEDSYNTH_MODEL_DIR).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: physical cores).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,

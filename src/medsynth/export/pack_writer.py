@@ -214,8 +214,8 @@ def _metadata(
     if guidance is None:
         guidance = 2.0 if config.optim.label_dropout > 0 else 1.0
     return PackMetadata(
-        model_id=model_id or preset.model_id,
-        presets=tuple(p.name for p in PRESETS.values() if p.model_id == preset.model_id),
+        model_id=model_id or preset.pack_family,
+        presets=tuple(p.name for p in PRESETS.values() if p.pack_family == preset.pack_family),
         modality=preset.modality.value,
         matrix=preset.matrix,
         pixel_spacing_mm=preset.pixel_spacing_mm,

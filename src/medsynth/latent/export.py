@@ -162,7 +162,7 @@ def export_latent_pack(
         spacing = manifest.get("pixel_spacing_mm", preset.pixel_spacing_mm)
         meta = PackMetadata(
             model_id=model_id or preset.model_id,
-            presets=tuple(p.name for p in PRESETS.values() if p.model_id == preset.model_id),
+            presets=tuple(p.name for p in PRESETS.values() if p.pack_family == preset.pack_family),
             modality=preset.modality.value, matrix=matrix,
             pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
             physical_range=(float(manifest["physical_range"][0]), float(manifest["physical_range"][1])),
