@@ -54,6 +54,8 @@ def test_recovered_run_trains_further_and_exports(tiny_latent_runs: dict[str, Pa
     pack = export_latent_pack(tmp_path / "ae", tmp_path / "ld", tmp_path / "pack", steps=2)
     meta = load_pack(pack.pack_dir).metadata
     assert meta.training["denoiser"]["steps"] == 6 and meta.data_sources
+    assert meta.training["continued_from"]["denoiser_steps"] == 4  # the card says where the restart was
+    assert "runs-from-pack" in (pack.pack_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
 def test_resume_refuses_a_dataset_with_other_labels(tiny_latent_runs: dict[str, Path], tmp_path: Path) -> None:

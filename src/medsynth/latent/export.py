@@ -154,6 +154,8 @@ def export_latent_pack(
             "train_seconds": round(ck_ae.train_seconds + ck_den.train_seconds, 1),
             "dataset_slices": int(sum(int(s.get("slices", 0)) for s in manifest.get("sources", []))),
             "torch": torch.__version__, "monai": monai.__version__, "weights": "EMA",
+            **({"continued_from": {k: v for k, v in info["recovered_from"].items() if k != "pack"}}
+               if info.get("recovered_from") else {}),
             **(extra_training or {}),
         }
         sources = tuple({"name": s.get("name"), "sha256": s.get("sha256"), "licence": s.get("licence", ""),
@@ -183,6 +185,12 @@ def export_latent_pack(
     return LatentExportSummary(pack_dir, files, parity, time.perf_counter() - t0)
 
 
+def _selected_by(meta: PackMetadata) -> str:
+    """How a user gets this pack: the default of its presets, or ``--model ID``."""
+    default = [p for p in meta.presets if p in PRESETS and PRESETS[p].model_id == meta.model_id]
+    return "the default of these presets" if default else f"select it with `--model {meta.model_id}`"
+
+
 def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
     """MODEL_CARD.md of a latent pack from its pack.json; ``quality`` (from benchmarks/eval_latent.py)
     is rendered when present; ``images`` are PNG names inside the pack to show."""
@@ -197,7 +205,7 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         "",
         f"A **latent diffusion** model that makes synthetic {meta.modality} series of {meta.matrix[0]}×{meta.matrix[1]} "
         f"slices at {meta.pixel_spacing_mm[0]} mm pixels and {meta.slice_spacing_mm} mm slice spacing, for "
-        f"{', '.join(f'`{p}`' for p in meta.presets)} (select it with `--model {meta.model_id}`). An autoencoder "
+        f"{', '.join(f'`{p}`' for p in meta.presets)} ({_selected_by(meta)}). An autoencoder "
         f"(MONAI `AutoencoderKL`, {z.downsample}× per side, {z.channels} latent channels) and a latent denoiser "
         "(MONAI `DiffusionModelUNet`) conditioned on the body region, the slice position and the previous slice's "
         "latent, so a series is sampled inferior → superior as one body.",
@@ -240,6 +248,9 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         f"{dc.get('label_dropout')}, previous-slice dropout {dc.get('previous_dropout')}"
         f"{''.join(f' ({b} from step {a})' for a, b in dc.get('previous_dropout_from') or [])}; "
         f"{float(den.get('train_seconds', 0)) / 60:.0f} min; final loss {den.get('final_loss')}",
+        *([f"- Continued from the exported pack `{cont.get('model_id')}` (identity `{str(cont.get('identity_sha256'))[:12]}…`) "
+           f"at denoiser step {cont.get('denoiser_steps')}: its runs rebuilt from the ONNX weights by `medsynth runs-from-pack` "
+           "(EMA weights; AdamW restarted there)"] if (cont := tr.get("continued_from")) else []),
         f"- {hours:.1f} h in all on {tr.get('hardware', 'a 2-core CPU (no GPU was available)')}; torch {tr.get('torch')}, "
         f"MONAI {tr.get('monai')}; recipe `packaging/packs.toml [{meta.model_id}]`",
         "",

@@ -202,6 +202,7 @@ def runs_from_pack(pack: str | Path | ModelPack, ae_run: str | Path, latent_run:
         _check_new(folder)  # again: recovery takes a while
         folder.mkdir(parents=True, exist_ok=True)
     origin = {"model_id": meta.model_id, "pack": str(mp.root), "identity_sha256": mp.identity,
+              "autoencoder_steps": ae_steps, "denoiser_steps": ld_steps,
               "note": "weights recovered from the pack's ONNX (EMA); optimizer state restarts"}
     seconds = training.get("autoencoder", {}).get("train_seconds", 0.0)
     save_json(ae_run / AE_CONFIG_NAME, to_json(ae_cfg))
