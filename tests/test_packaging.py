@@ -53,3 +53,24 @@ def test_version_and_every_command_has_help_with_an_example() -> None:
 def test_unknown_command_fails_cleanly() -> None:
     res = CliRunner().invoke(cli, ["no-such-command"])
     assert res.exit_code != 0 and "No such command" in res.output
+
+
+def test_latent_recipes_name_the_bundled_packs_step_counts() -> None:
+    """A latent recipe replays its bundled pack: the autoencoder's and the (last phase's) denoiser's
+    --steps are the step counts recorded in the pack."""
+    import tomllib
+
+    from medsynth.pack import bundled_packs_dir, load_pack
+
+    recipes = tomllib.loads((REPO / "packaging" / "packs.toml").read_text(encoding="utf-8"))
+    latent = {k: r for k, r in recipes.items() if r.get("kind") == "latent"}
+    assert latent
+    for pack_id, r in latent.items():
+        training = load_pack(bundled_packs_dir() / pack_id).metadata.training
+
+        def steps(flags: list[str]) -> int:
+            return int(flags[flags.index("--steps") + 1])
+
+        assert steps(r["autoencoder"]) == training["autoencoder"]["steps"], pack_id
+        last = r["restart"]["denoiser"] if "restart" in r else r["denoiser"]
+        assert steps(last) == training["denoiser"]["steps"], pack_id
