@@ -31,7 +31,7 @@ from medsynth.errors import CheckpointError, ModelPackError, OutputError
 from medsynth.latent.autoencoder import AE_CONFIG_NAME, Decoder, Encoder, build_autoencoder
 from medsynth.latent.config import autoencoder_from_json, denoiser_from_json, save_json, to_json
 from medsynth.latent.denoiser import LATENT_CONFIG_NAME, LATENT_RUN_NAME, LatentDenoiser
-from medsynth.latent.export import TOLERANCE, _export
+from medsynth.latent.export import TOLERANCE, _export, _parity
 from medsynth.pack import ModelPack, load_pack
 from medsynth.training.checkpoint import save_checkpoint
 
@@ -106,22 +106,6 @@ def load_onnx_weights(module: torch.nn.Module, onnx_path: Path, args: tuple[torc
     return done
 
 
-def _check(module: torch.nn.Module, onnx_path: Path, make: Any, inputs: list[str], output: str) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    err = 0.0
-    for b in (1, 2):
-        args = make(b)
-        with torch.no_grad():
-            ref = module(*args).numpy()
-        out = sess.run([output], {n: a.numpy() for n, a in zip(inputs, args, strict=True)})[0]
-        err = max(err, float(np.max(np.abs(out.astype(np.float64) - ref))))
-    return err
-
-
 def _check_new(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError("run folder already exists and is not empty; choose a new folder", path)
@@ -177,7 +161,7 @@ def runs_from_pack(pack: str | Path | ModelPack, ae_run: str | Path, latent_run:
     for name, module, make, inputs, output in jobs:
         covered[name] = load_onnx_weights(module, mp.root / name, make(2), inputs, output)
     for name, module, make, inputs, output in jobs:  # after all three: the encoder and decoder share ``ae``
-        errors[name] = _check(module, mp.root / name, make, inputs, output)
+        errors[name] = _parity(module, mp.root / name, make, inputs, output)
         if errors[name] > TOLERANCE[name]:
             raise CheckpointError(f"{name}: the rebuilt module differs from the pack by {errors[name]:.3g} "
                                   f"(> {TOLERANCE[name]}); no runs written", mp.root / name)
