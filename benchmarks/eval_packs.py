@@ -24,7 +24,8 @@ the evaluation's own randomness (the real A/B split, subsets, bootstrap, discrim
 ``--eval-seed``, with --check the recorded one: a re-run with another generation seed is then
 measured against the same real reference as the card (for a pack judged on its single training
 volume, another split would be another reference; see QUALITY.md). ``--images-for ID=N`` gives
-one pack another image count (recorded; the regression test uses it). Exit status 1 when a pack
+one pack another image count and ``--series-for ID=N`` N generated series per label instead of
+series as long as the real volumes (both recorded; the regression test uses them). Exit status 1 when a pack
 fails the gate (or, with --check, regressed).
 The discriminator is the logistic one by default (fast, torch-free, the same in CI everywhere).
 """
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the blocks into each pack's MODEL_CARD.md and pack.json, and into QUALITY.md")
     ap.add_argument("--images-for", action="append", default=[], metavar="ID=N",
                     help="images for one pack (e.g. xr-chest=128: enough for train-on-synthetic)")
+    ap.add_argument("--series-for", action="append", default=[], metavar="ID=N",
+                    help="generated series per label for one pack (e.g. mr-cardiac=16: its one real volume "
+                         "would otherwise give 3 long series, too few for honest intervals)")
     ap.add_argument("--shared", type=Path,
                     default=Path(os.environ.get("MEDSYNTH_SHARED_DATA", REPO.parent / "shared" / "data")),
                     help="the shared data folder (for training.prepare / held-out recipes)")
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     records = json.loads(args.check.read_text(encoding="utf-8")) if args.check else {}
     per_pack = dict(item.split("=", 1) for item in args.images_for)
+    series_for = {k: int(v) for k, v in (item.split("=", 1) for item in args.series_for)}
     out_records: dict[str, object] = {}
     sections: list[tuple[str, str, list[str], str]] = []
     failed = False
@@ -91,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         eval_seed = args.eval_seed if args.eval_seed is not None else int(rec.get("eval_seed", rec.get("seed", 0)))
         cfg = EvaluationConfig(seed=eval_seed, discriminator=args.discriminator)
         n_images = int(per_pack.get(pack_dir.name, args.images))
+        series = series_for.get(pack_dir.name, rec.get("series") if args.check else None)
         try:
             report, pack = evaluate_pack(pack_dir, args.shared, n_images=n_images, seed=args.seed, config=cfg,
-                                         steps=args.steps)
+                                         steps=args.steps, series=series)
         except MedsynthError as exc:
             print(f"{pack_dir}: {exc}", file=sys.stderr)
             failed = True
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         block = markdown_block(report, pack)
         print(block)
         print(f"<!-- evaluated in {time.perf_counter() - t0:.0f} s -->\n")
-        out_records[mid] = {**quality_record(report, n_images, args.seed, args.steps), "eval_seed": eval_seed}
+        out_records[mid] = {**quality_record(report, n_images, args.seed, args.steps, series),
+                           "eval_seed": eval_seed}
         fails = check_thresholds(report)
         if args.write:
             write_pack_quality(pack.root, report, pack, n_images, _command(args))
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/eval_packs.py", "--write"]
     parts += [f"-n {args.images}"] + [f"--images-for {i}" for i in args.images_for]
+    parts += [f"--series-for {i}" for i in args.series_for]
     parts += [f"--seed {args.seed}"] + ([f"--eval-seed {args.eval_seed}"] if args.eval_seed is not None else [])
     parts += [f"--steps {args.steps}"] if args.steps else []
     return " ".join(parts)

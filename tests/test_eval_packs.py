@@ -45,11 +45,12 @@ def _record(seed: int = 0, eval_seed: int | None = None) -> dict[str, Any]:
 def script(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[int, int]], dict[str, float]]:
     mod = _load()
     seeds: list[tuple[int, int]] = []  # (generation seed, evaluation seed) of each evaluate_pack call
-    value = {"power": 1.4}
+    value: dict[str, Any] = {"power": 1.4, "series": []}
 
     def fake_evaluate_pack(pack_dir: Path, shared: Path, n_images: int, seed: int, config: Any,
-                           steps: int | None) -> tuple[Any, Any]:
+                           steps: int | None, series: int | None) -> tuple[Any, Any]:
         seeds.append((seed, config.seed))
+        value["series"].append(series)
         report = SimpleNamespace(data={"metrics": _metrics(value["power"]),
                                        "inputs": {"real_is_training_data": True}})
         pack = SimpleNamespace(metadata=SimpleNamespace(model_id=pack_dir.name, training={}), root=pack_dir)
@@ -59,7 +60,8 @@ def script(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[int,
     monkeypatch.setattr(mod, "markdown_block", lambda report, pack: "block\n")
     monkeypatch.setattr(mod, "check_thresholds", lambda report: [])
     monkeypatch.setattr(mod, "regressions", lambda report, record: [])
-    monkeypatch.setattr(mod, "quality_record", lambda report, n, seed, steps: {"n_images": n, "seed": seed})
+    monkeypatch.setattr(mod, "quality_record", lambda report, n, seed, steps, series: {"n_images": n, "seed": seed,
+                                                                                  "series": series})
     return mod, seeds, value
 
 
@@ -98,3 +100,17 @@ def test_eval_seed_flag_and_record(script: tuple[ModuleType, list[tuple[int, int
     assert mod.main([str(tmp_path / "toy"), "--seed", "4", "--eval-seed", "5", "--record", str(out)]) == 0
     assert seeds == [(4, 5)]
     assert json.loads(out.read_text(encoding="utf-8"))["toy"] == {"n_images": 32, "seed": 4, "eval_seed": 5}
+
+
+def test_series_for_is_passed_on_recorded_and_replayed_by_check(
+        script: tuple[ModuleType, list[tuple[int, int]], dict[str, Any]], tmp_path: Path) -> None:
+    """--series-for ID=N reaches evaluate_pack and the record; --check replays the recorded count."""
+    mod, _, value = script
+    rec = tmp_path / "rec.json"
+    assert mod.main([str(tmp_path / "toy"), "--series-for", "toy=16", "--record", str(rec)]) == 0
+    assert json.loads(rec.read_text(encoding="utf-8"))["toy"]["series"] == 16
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({"toy": {**_record(seed=0, eval_seed=0), "series": 16}}), encoding="utf-8")
+    assert mod.main([str(tmp_path / "toy"), "--check", str(check), "--seed", "1"]) == 0
+    assert mod.main([str(tmp_path / "other")]) == 0  # another pack: series as long as the real volumes
+    assert value["series"] == [16, 16, None]

@@ -481,6 +481,10 @@ def test_pack_evaluation_seeds_share_no_noise(tmp_path: Path, ct_slices: np.ndar
         if x is y:
             np.fill_diagonal(same, False)
         assert not same.any()  # no image of seed 0 is an image of seed 1 (or another of its own run)
+    many = synthesize_with_generate(pack, real, tmp_path / "series", n_images=8, seed=0, steps=2, series=2)
+    for c in (0, 1):  # 2 series of 2 slices per label instead of one series as long as the real volumes
+        assert len(np.unique(many.groups[many.labels == c])) == 2 and np.sum(many.labels == c) == 4
+    assert len(np.unique(runs[0].groups[runs[0].labels == 0])) == 1
     seeds = {label_seed(s, k) for s in range(20) for k in range(5)}
     assert len(seeds) == 100 and all(0 <= v < 2**63 for v in seeds)
     assert label_seed(3, 1) == label_seed(3, 1)  # deterministic
@@ -562,6 +566,7 @@ def test_bundled_pack_does_not_regress(pack_dir: Path, shared_data: Path) -> Non
                            f"{PACK_QUALITY.relative_to(PACK_QUALITY.parents[1])}"
     rec = records[mid]
     report, _ = evaluate_pack(pack_dir, shared_data, n_images=rec["n_images"], seed=rec["seed"], steps=rec["steps"],
+                              series=rec.get("series"),
                               config=EvaluationConfig(seed=rec.get("eval_seed", rec["seed"]),
                                                       discriminator=rec["discriminator"] or "logistic"))
     assert report.data["inputs"]["real_is_training_data"] == rec["real_is_training_data"]

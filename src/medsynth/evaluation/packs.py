@@ -170,6 +170,7 @@ def label_seed(seed: int, k: int) -> int:
 def synthesize_with_generate(
     pack_dir: Path, real: ImageSet, workdir: Path, n_images: int = 64, seed: int = 0, steps: int | None = None,
     output_format: Literal["nifti", "dicom"] = "nifti", threads: int | None = None, sampler: str | None = None,
+    series: int | None = None,
 ) -> ImageSet:
     """Synthetic images made exactly as users get them: :func:`medsynth.generate.generate` writes
     ``output_format`` files under ``workdir`` (the pack's default sampler, steps and guidance; ``steps``
@@ -178,8 +179,10 @@ def synthesize_with_generate(
     One condition per label present in ``real`` (about ``n_images`` in all, shared equally), each
     generated through the pack's preset for that condition (its ``default_condition``, else the
     pack's first preset); series are as long as ``real``'s median volume of that label, so series
-    coherence is measured at the length users see. → :class:`ImageSet` in ``real``'s model space,
-    ``volumes`` = generated series.
+    coherence is measured at the length users see. ``series`` instead fixes the number of series per
+    label (each about ``n_images / labels / series`` slices, at least 2): a pack whose real set is
+    one long volume would otherwise get a handful of series, too few for the intervals that resample
+    whole series. → :class:`ImageSet` in ``real``'s model space, ``volumes`` = generated series.
     """
     from medsynth.evaluation.inputs import load_synthetic
     from medsynth.generate import GenerateConfig, generate
@@ -198,7 +201,9 @@ def synthesize_with_generate(
     parts: list[ImageSet] = []
     for k, (c, name) in enumerate(zip(present, names, strict=True)):
         preset = next((p for p in presets if p.default_condition == name), presets[0])
-        if preset.is_volume:
+        if preset.is_volume and series is not None:
+            length = max(2, int(np.ceil(per_label / max(1, series))))
+        elif preset.is_volume:
             sizes = np.bincount(real.groups[real.labels == c])
             length = int(np.clip(np.median(sizes[sizes > 0]), 2, per_label))
         else:
@@ -237,6 +242,7 @@ def held_out_dataset(pack: ModelPack, shared_data: Path | None, workdir: Path) -
 def evaluate_pack(
     pack_dir: Path, shared_data: Path | None, n_images: int = 64, seed: int = 0,
     config: EvaluationConfig | None = None, steps: int | None = None, sampler: str | None = None,
+    series: int | None = None,
 ) -> tuple[EvaluationReport, ModelPack]:
     """Generate ``n_images`` with :func:`medsynth.generate.generate` and evaluate them against real
     patients held out of the pack's training (:func:`held_out_dataset`), with the training set for
@@ -249,7 +255,8 @@ def evaluate_pack(
         held = held_out_dataset(pack, shared_data, work / "held_out")
         real = load_real_dataset(held, "real") if held is not None else train
         train = conform(train, real, "train") if held is not None else real
-        synth = synthesize_with_generate(pack.root, real, work / "generated", n_images, seed, steps, sampler=sampler)
+        synth = synthesize_with_generate(pack.root, real, work / "generated", n_images, seed, steps, sampler=sampler,
+                                         series=series)
         # baseline: the training patients against the held-out ones (what a perfect generator of them scores)
         report = evaluate_sets(real, synth, train, config or EvaluationConfig(seed=seed),
                                baseline=train if held is not None else None)
@@ -446,11 +453,13 @@ def _node(metrics: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | No
     return node if isinstance(node, dict) and node.get("synthetic") is not None else None
 
 
-def quality_record(report: EvaluationReport, n_images: int, seed: int, steps: int | None) -> dict[str, Any]:
-    """What ``benchmarks/pack_quality.json`` keeps per pack: how it was measured, the gate's verdict,
-    and the regression metrics with their intervals."""
+def quality_record(report: EvaluationReport, n_images: int, seed: int, steps: int | None,
+                   series: int | None = None) -> dict[str, Any]:
+    """What ``benchmarks/pack_quality.json`` keeps per pack: how it was measured (``series``: generated
+    series per label, None = as long as the real volumes), the gate's verdict, and the regression
+    metrics with their intervals."""
     m = report.data["metrics"]
-    rec: dict[str, Any] = {"n_images": n_images, "seed": seed, "steps": steps,
+    rec: dict[str, Any] = {"n_images": n_images, "series": series, "seed": seed, "steps": steps,
                            "discriminator": (m.get("discriminator") or {}).get("model"),
                            "real_is_training_data": report.data["inputs"].get("real_is_training_data"),
                            "gate_failures": check_gate(report), "metrics": {}}
