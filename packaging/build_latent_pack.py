@@ -13,6 +13,11 @@ The recipe's step budgets are fixed (``--steps`` in its flags), so a replay from
 software gives the same weights; ``history`` in the recipe says how the bundled weights were actually
 reached when that differs.
 
+A 2D recipe (X-ray) names its images' labels file instead of ``labels``: ``labels_csv`` (a
+``file,label,…`` CSV beside the images, relative to ``--shared``) and ``held_out_patients`` (patient
+ids = the file name's part before the first ``_``); every image of a held-out patient is left out of
+both trainings and prepared into ``data-heldout`` for the evaluation (benchmarks/eval_latent_xr.py).
+
 Runs are resumed when ``--work`` already holds them (checkpoints every 100 steps), so the build can
 span several sessions; every medsynth step runs through its CLI. Only the standard library and
 medsynth are used.
@@ -21,6 +26,7 @@ medsynth are used.
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +40,21 @@ RECIPES = REPO / "packaging" / "packs.toml"
 def medsynth(*args: str) -> None:
     print("+ medsynth " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "medsynth.cli.main", *args], check=True)
+
+
+def split_labels(recipe: dict, shared: Path) -> tuple[str, str]:
+    """A 2D recipe's (training, held-out) labels files as CSV text (``name,label`` rows, names = file
+    stems), split by patient: no held-out patient's image is in the training file."""
+    held = set(recipe["held_out_patients"])
+    rows = list(csv.DictReader((shared / recipe["labels_csv"]).read_text(encoding="utf-8").splitlines()))
+    train, test = [], []
+    for row in rows:
+        stem = Path(row["file"]).stem
+        (test if stem.split("_")[0] in held else train).append(f"{stem},{row['label']}\n")
+    missing = held - {Path(r["file"]).stem.split("_")[0] for r in rows}
+    if missing:
+        sys.exit(f"error: held-out patients {sorted(missing)} are not in {recipe['labels_csv']}")
+    return "".join(train), "".join(test)
 
 
 def main() -> None:
@@ -57,9 +78,17 @@ def main() -> None:
     labels = w / "labels.csv"
     grid = ["--matrix", str(recipe["matrix"]), "--pixel-spacing", str(recipe["pixel_spacing_mm"])]
     if args.stage in ("prepare", "all"):
-        labels.write_text("".join(f"{n},{lab}{',' + z if z else ''}\n" for n, lab, z in recipe["labels"]), encoding="utf-8")
         ae_in = [str(args.shared / p) for p in recipe["autoencoder_inputs"]]
         ld_in = [str(args.shared / p) for p in recipe["denoiser_inputs"]]
+        if "labels_csv" in recipe:  # 2D: labels from the images' own CSV, held-out patients split off
+            train_rows, held_rows = split_labels(recipe, args.shared)
+            labels.write_text(train_rows, encoding="utf-8")
+            (w / "labels-heldout.csv").write_text(held_rows, encoding="utf-8")
+            medsynth("prepare", *ld_in, "-m", recipe["preset"], "--labels-file", str(w / "labels-heldout.csv"), *grid,
+                     "-o", str(w / "data-heldout"), "--force", "--json")
+        else:
+            labels.write_text("".join(f"{n},{lab}{',' + z if z else ''}\n" for n, lab, z in recipe["labels"]),
+                              encoding="utf-8")
         medsynth("prepare", *ae_in, "-m", recipe["preset"], "--labels-file", str(labels), *grid, "--slice-spacing", "0",
                  "-o", str(w / "data-ae"), "--force", "--json")
         medsynth("prepare", *ld_in, "-m", recipe["preset"], "--labels-file", str(labels), *grid,

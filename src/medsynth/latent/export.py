@@ -185,6 +185,9 @@ def export_latent_pack(
     return LatentExportSummary(pack_dir, files, parity, time.perf_counter() - t0)
 
 
+_CARD_SOURCES = 24  # more sources than this are summarised per label in the card
+
+
 def _selected_by(meta: PackMetadata) -> str:
     """How a user gets this pack: the default of its presets, or ``--model ID``."""
     default = [p for p in meta.presets if p in PRESETS and PRESETS[p].model_id == meta.model_id]
@@ -200,15 +203,23 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
     z = meta.latent
     assert z is not None
     hours = float(tr.get("train_seconds", 0.0)) / 3600
+    planar = not meta.slice_spacing_mm  # a 2D pack (X-ray): one image per series, no previous slice
+    field = f"{meta.matrix[0] * meta.pixel_spacing_mm[0] / 10:.1f} × {meta.matrix[1] * meta.pixel_spacing_mm[1] / 10:.1f} cm"
+    what = (f"{meta.modality} images of {meta.matrix[0]}×{meta.matrix[1]} pixels at {meta.pixel_spacing_mm[0]} mm "
+            f"({field})" if planar else
+            f"{meta.modality} series of {meta.matrix[0]}×{meta.matrix[1]} slices at {meta.pixel_spacing_mm[0]} mm pixels "
+            f"and {meta.slice_spacing_mm} mm slice spacing")
+    how = ("conditioned on the label (classifier-free guidance); each image is sampled on its own (the previous-slice "
+           "input stays empty)" if planar else
+           "conditioned on the body region, the slice position and the previous slice's latent, so a series is "
+           "sampled inferior → superior as one body")
     lines = [
         f"# Model card: {meta.model_id}",
         "",
-        f"A **latent diffusion** model that makes synthetic {meta.modality} series of {meta.matrix[0]}×{meta.matrix[1]} "
-        f"slices at {meta.pixel_spacing_mm[0]} mm pixels and {meta.slice_spacing_mm} mm slice spacing, for "
+        f"A **latent diffusion** model that makes synthetic {what}, for "
         f"{', '.join(f'`{p}`' for p in meta.presets)} ({_selected_by(meta)}). An autoencoder "
         f"(MONAI `AutoencoderKL`, {z.downsample}× per side, {z.channels} latent channels) and a latent denoiser "
-        "(MONAI `DiffusionModelUNet`) conditioned on the body region, the slice position and the previous slice's "
-        "latent, so a series is sampled inferior → superior as one body.",
+        f"(MONAI `DiffusionModelUNet`) {how}.",
         "",
         "## Intended use",
         "",
@@ -218,8 +229,9 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         "## Conditioning and sampling",
         "",
         f"- Labels: {', '.join(f'`{lbl}`' for lbl in meta.labels)}; null class {meta.null_class} (guidance)",
-        "- Position support per label (a series of that label spans it): "
-        + ", ".join(f"{k} {v['position'][0]:.2f}–{v['position'][1]:.2f}" for k, v in meta.conditioning.items()),
+        *([] if planar else ["- Position support per label (a series of that label spans it): "
+                             + ", ".join(f"{k} {v['position'][0]:.2f}–{v['position'][1]:.2f}"
+                                         for k, v in meta.conditioning.items())]),
         f"- Prediction `{meta.prediction_type}`, schedule `{meta.schedule.schedule}` β {meta.schedule.beta_start}–"
         f"{meta.schedule.beta_end} over {meta.schedule.num_train_timesteps} steps; latent scale factor {z.scale_factor:.4f}",
         f"- Defaults: `{meta.default_sampler}`, {meta.default_steps} steps, guidance {meta.default_guidance}",
@@ -230,9 +242,19 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         "| source | label | slices | licence | sha256 |",
         "|---|---|---|---|---|",
     ]
-    for s in meta.data_sources:
-        lines.append(f"| {s.get('name')} | {s.get('label')} | {s.get('slices')} | {s.get('licence') or 'see ../shared/data/README.md'} "
-                     f"| `{str(s.get('sha256'))[:16]}…` |")
+    if len(meta.data_sources) <= _CARD_SOURCES:
+        for s in meta.data_sources:
+            lines.append(f"| {s.get('name')} | {s.get('label')} | {s.get('slices')} | "
+                         f"{s.get('licence') or 'see ../shared/data/README.md'} | `{str(s.get('sha256'))[:16]}…` |")
+    else:  # many single images (X-ray): one row per label and licence; every file's sha256 is in pack.json
+        groups: dict[tuple[str, str], list[int]] = {}
+        for s in meta.data_sources:
+            key = (str(s.get("label")), str(s.get("licence") or "see ../shared/data/README.md"))
+            groups.setdefault(key, []).append(int(s.get("slices") or 0))
+        for (label, licence), counts in groups.items():
+            lines.append(f"| {len(counts)} files | {label} | {sum(counts)} | {licence} | in pack.json |")
+    if tr.get("attribution"):
+        lines += ["", f"Attribution: {tr['attribution']}"]
     held = tr.get("held_out")
     if held:
         lines += ["", f"Held out of all training (evaluation only): {held}."]
