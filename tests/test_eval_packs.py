@@ -99,7 +99,8 @@ def test_eval_seed_flag_and_record(script: tuple[ModuleType, list[tuple[int, int
     out = tmp_path / "out.json"
     assert mod.main([str(tmp_path / "toy"), "--seed", "4", "--eval-seed", "5", "--record", str(out)]) == 0
     assert seeds == [(4, 5)]
-    assert json.loads(out.read_text(encoding="utf-8"))["toy"] == {"n_images": 32, "seed": 4, "eval_seed": 5}
+    assert json.loads(out.read_text(encoding="utf-8"))["toy"] == {"n_images": 32, "seed": 4, "series": None,
+                                                                  "eval_seed": 5}
 
 
 def test_series_for_is_passed_on_recorded_and_replayed_by_check(
