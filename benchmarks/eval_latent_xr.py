@@ -21,7 +21,7 @@ such patient is in training). Reports (JSON, Markdown, PNGs to look at):
 4. Generation time per image through ``generate`` and a contact sheet (``contact_sheet.png``).
 
 With ``--write`` the pack's ``pack.json`` gets ``quality`` (the table, each metric beside its baseline
-and issue 10's target, every shortfall spelled out), ``training.held_out``/``held_out_patients``, the
+and issue 10's target, every shortfall spelled out), ``training.held_out`` (a count: the patient ids stay in the recipe, never in the pack), the
 hardware, the attribution and the limitations (with ``--seen``), plus the contact sheet, and
 MODEL_CARD.md is rendered again from it.
 """
@@ -58,16 +58,11 @@ ATTRIBUTION = ("NIH ChestX-ray14: images courtesy of the NIH Clinical Center (\"
 def reconstruction(pack_dir: Path, real: np.ndarray) -> dict[str, float]:
     """Encode → decode ``real`` [N, 256, 256] (model space) through ``pack_dir``'s ONNX autoencoder;
     a graph of a larger fixed matrix gets the image centred on black (-1) and cropped back."""
-    import onnxruntime as ort
+    from medsynth.sampling.runtime import open_image_model
 
-    spec = load_pack(pack_dir).metadata.latent
-    assert spec is not None, f"{pack_dir} is not a latent pack"
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    enc = ort.InferenceSession(str(pack_dir / spec.encoder), so, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(pack_dir / spec.decoder), so, providers=["CPUExecutionProvider"])
-    side = enc.get_inputs()[0].shape[2]
+    pack = load_pack(pack_dir)
+    enc, dec = (open_image_model(pack, which, device="cpu", threads=1) for which in ("encoder", "decoder"))
+    side = enc.session.get_inputs()[0].shape[2]
     h = real.shape[1]
     pad = (int(side) - h) // 2 if isinstance(side, int) and side > h else 0
     out = []
@@ -75,7 +70,7 @@ def reconstruction(pack_dir: Path, real: np.ndarray) -> dict[str, float]:
         x = real[i : i + 4, None].astype(np.float32)
         if pad:
             x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-1.0)
-        y = dec.run(["image"], {"latent": enc.run(["latent"], {"image": x})[0]})[0][:, 0]
+        y = dec(enc(x))[:, 0]
         out.append(y[:, pad : pad + h, pad : pad + h] if pad else y)
     rec = np.clip(np.concatenate(out), -1.0, 1.0)
     mse = float(np.mean((rec.astype(np.float64) - real) ** 2))
@@ -215,10 +210,8 @@ def write_into_pack(pack_dir: Path, rep: dict, sheet_png: Path, seen: str, hardw
     meta = load_pack(pack_dir).metadata
     table, short = quality_table(rep)
     shutil.copyfile(sheet_png, pack_dir / "contact_sheet.png")
-    recipe = tomllib.loads((REPO / "packaging" / "packs.toml").read_text(encoding="utf-8"))[PACK_ID]
     training = dict(meta.training)
     training["held_out"] = rep["held_out"]
-    training["held_out_patients"] = list(recipe["held_out_patients"])
     training["hardware"] = hardware
     training["attribution"] = ATTRIBUTION
     training["recipe"] = f"packaging/packs.toml [{PACK_ID}] (python packaging/build_latent_pack.py {PACK_ID})"
@@ -284,7 +277,7 @@ def main() -> None:
     rep: dict = {"pack": str(args.pack), "pack_identity": pack.identity, "weights": pack.metadata.files, "seed": args.seed,
                  "held_out": f"{len(real)} NIH ChestX-ray14 images of {len(recipe['held_out_patients'])} patients "
                              f"({', '.join(f'{int(np.sum(real.labels == i))} {n}' for i, n in enumerate(real.class_names))}); "
-                             "patient ids in training.held_out_patients",
+                             f"patient ids in packaging/packs.toml [{PACK_ID}] held_out_patients",
                  "train_patients": sorted(set(train_patients))}
     rep["reconstruction"] = reconstruction(args.pack, np.asarray(real.images[:: args.recon_every]))
     if args.shared_ae:
