@@ -8,7 +8,8 @@ same weights in PyTorch, in one run.
    process, 3 times: wall seconds, per-stage seconds (denoiser, decoder, DICOM write), peak RSS.
 2. The same sampler loop (medsynth.sampling.series) with the network swapped: onnxruntime
    sessions vs the PyTorch modules the pack was exported from (`--slices` slices, fp32, same
-   threads): seconds and the ratio. (The torch side needs the run folders; skipped without them.)
+   threads) after a warm-up, `--ratio-repeats` series of each interleaved: median seconds, per stage,
+   and the ratios. (The torch side needs the run folders; skipped without them.)
 Prints a Markdown table for benchmarks/RESULTS.md.
 """
 
@@ -51,7 +52,8 @@ def generate_runs(pack: Path, repeats: int) -> list[dict]:
     return out
 
 
-def runtime_comparison(pack_dir: Path, ae_run: Path, latent_run: Path, slices: int, threads: int) -> dict:
+def runtime_comparison(pack_dir: Path, ae_run: Path, latent_run: Path, slices: int, threads: int,
+                       repeats: int = 1) -> dict:
     import torch
 
     from medsynth.latent.autoencoder import Decoder, load_autoencoder
@@ -92,19 +94,38 @@ def runtime_comparison(pack_dir: Path, ae_run: Path, latent_run: Path, slices: i
         with torch.no_grad():
             return tdec(torch.from_numpy(z)).numpy()
 
-    results = {}
-    for name, den, dec in (("onnxruntime", open_denoiser(pack, "cpu", threads), open_image_model(pack, "decoder", "cpu", threads)),
-                           ("pytorch", TorchDen(), torch_decode)):
+    backends = {"onnxruntime": (open_denoiser(pack, "cpu", threads), open_image_model(pack, "decoder", "cpu", threads)),
+                "pytorch": (TorchDen(), torch_decode)}
+
+    def one_series(name: str, n: int) -> dict[str, float]:
+        den, dec = backends[name]
         timer = StageTimer()
         t0 = time.perf_counter()
         for _ in sample_latent_series(den, dec, sched, meta.prediction_type, cfg, label=0, null_class=meta.null_class,
-                                      positions=series_positions(slices, (0.0, 1.0)),
+                                      positions=series_positions(n, (0.0, 1.0)),
                                       start_noise=lambda k: np.random.default_rng(k).standard_normal(shape, dtype=np.float32),
                                       step_noise=lambda k: (lambda s: np.zeros(s, np.float32)),
                                       scale_factor=spec.scale_factor, timer=timer):
             pass
-        results[name] = {"seconds": time.perf_counter() - t0, **{k: round(v, 2) for k, v in timer.seconds.items()}}
-    results["speedup_onnxruntime_vs_pytorch"] = results["pytorch"]["seconds"] / results["onnxruntime"]["seconds"]
+        return {"seconds": time.perf_counter() - t0, **{k: round(v, 2) for k, v in timer.seconds.items()}}
+
+    for name in backends:  # warm-up: first-call allocations and (torch) lazy initialisation are not timed
+        one_series(name, 2)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in backends}
+    for _ in range(repeats):  # interleaved, so a change in the machine's load hits both alike
+        for name in backends:
+            runs[name].append(one_series(name, slices))
+
+    def median(name: str, key: str) -> float:
+        return float(np.median([r.get(key, 0.0) for r in runs[name]]))
+
+    results: dict = {name: {k: median(name, k) for k in ("seconds", "denoiser", "decoder")} | {"runs": runs[name]}
+                     for name in backends}
+    results["repeats"] = repeats
+    results["speedup_onnxruntime_vs_pytorch"] = median("pytorch", "seconds") / median("onnxruntime", "seconds")
+    results["speedup_denoiser"] = median("pytorch", "denoiser") / median("onnxruntime", "denoiser")
+    results["speedup_decoder"] = median("pytorch", "decoder") / median("onnxruntime", "decoder")
+    results["speedup_per_pair"] = [p["seconds"] / o["seconds"] for o, p in zip(runs["onnxruntime"], runs["pytorch"], strict=True)]
     return results
 
 
@@ -115,6 +136,7 @@ def main() -> None:
     ap.add_argument("--latent-run", type=Path)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--ratio-repeats", type=int, default=5, help="interleaved ORT/PyTorch series (after a warm-up); medians")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -124,7 +146,8 @@ def main() -> None:
     report: dict = {"generate_32_slices": runs, "median": med, "cpu_count": os.cpu_count(),
                     "load_average_at_start": os.getloadavg()}
     if args.ae_run and args.latent_run:
-        report["runtime"] = runtime_comparison(args.pack, args.ae_run, args.latent_run, args.slices, args.threads)
+        report["runtime"] = runtime_comparison(args.pack, args.ae_run, args.latent_run, args.slices, args.threads,
+                                               args.ratio_repeats)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -136,8 +159,12 @@ def main() -> None:
           f"| peak RSS | {med['rss_mib']:.0f} MiB |\n\nload average at start: {report['load_average_at_start']}")
     if "runtime" in report:
         rt = report["runtime"]
-        print(f"\nonnxruntime {rt['onnxruntime']['seconds']:.1f} s vs PyTorch {rt['pytorch']['seconds']:.1f} s for "
-              f"{args.slices} slices: {rt['speedup_onnxruntime_vs_pytorch']:.2f}×")
+        pairs = ", ".join(f"{r:.2f}" for r in rt["speedup_per_pair"])
+        print(f"\nmedian of {rt['repeats']} interleaved runs, {args.slices} slices: onnxruntime {rt['onnxruntime']['seconds']:.1f} s "
+              f"(denoiser {rt['onnxruntime']['denoiser']:.1f}, decoder {rt['onnxruntime']['decoder']:.1f}) vs PyTorch "
+              f"{rt['pytorch']['seconds']:.1f} s ({rt['pytorch']['denoiser']:.1f}, {rt['pytorch']['decoder']:.1f}): "
+              f"{rt['speedup_onnxruntime_vs_pytorch']:.2f}× (denoiser {rt['speedup_denoiser']:.2f}×, decoder "
+              f"{rt['speedup_decoder']:.2f}×; per pair {pairs})")
 
 
 if __name__ == "__main__":

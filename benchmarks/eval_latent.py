@@ -92,20 +92,17 @@ def psnr(a: np.ndarray, b: np.ndarray, peak_range: float) -> float:
 
 
 def reconstruction(pack_dir: Path, real: np.ndarray) -> dict[str, float]:
-    import onnxruntime as ort
+    """Encode → decode ``real`` [N, 512, 512] (model space) through the pack's ONNX autoencoder."""
+    from medsynth.sampling.runtime import open_image_model
 
     pack = load_pack(pack_dir)
-    spec = pack.metadata.latent
-    assert spec is not None
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    enc = ort.InferenceSession(str(pack_dir / spec.encoder), so, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(pack_dir / spec.decoder), so, providers=["CPUExecutionProvider"])
-    rec = []
-    for i in range(0, len(real), 4):
-        z = enc.run(["latent"], {"image": real[i : i + 4, None]})[0]
-        rec.append(dec.run(["image"], {"latent": z})[0][:, 0])
-    r = np.concatenate(rec)
+    enc, dec = (open_image_model(pack, which, device="cpu") for which in ("encoder", "decoder"))
+    r = np.concatenate([dec(enc(real[i : i + 4, None]))[:, 0] for i in range(0, len(real), 4)])
+    return reconstruction_metrics(real, r)
+
+
+def reconstruction_metrics(real: np.ndarray, r: np.ndarray) -> dict[str, float]:
+    """PSNR over two HU ranges and SSIM (512² working copies) of reconstructions ``r`` of ``real``."""
     s = ssim_pairs(working_copy(real, 512), working_copy(r, 512))
     return {"psnr_db_-1024_2047": psnr(real, r, HI - LO), "psnr_db_-1024_3071": psnr(real, r, 3071 + 1024),
             "ssim": float(np.mean(s)), "slices": len(real)}

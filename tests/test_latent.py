@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from conftest import TINY_AE, TINY_LD
 from medsynth.cli.main import cli
+from medsynth.errors import ConfigError
 from medsynth.latent.config import AutoencoderConfig
 from medsynth.pack import load_pack
 
@@ -167,6 +168,48 @@ def test_autoencoder_resumes_to_the_same_weights(tiny_latent_runs: dict[str, Pat
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_autoencoder_decoder_only_phase_schedule() -> None:
+    from medsynth.latent.autoencoder import _learning_rate
+
+    cfg = AutoencoderConfig(steps=100, whole_slice_steps=30, decoder_only_steps=20, lr=1e-3)
+    assert _learning_rate(cfg, 49) == 1e-3  # crops end at 100 - 30 - 20
+    assert _learning_rate(cfg, 50) == pytest.approx(1e-3) and _learning_rate(cfg, 79) == pytest.approx(1e-4, rel=0.05)
+    lrs = [_learning_rate(cfg, s) for s in range(80, 100)]
+    assert lrs[0] == pytest.approx(2.5e-4) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] == pytest.approx(2.5e-5, rel=0.1)
+    with pytest.raises(ConfigError, match="fewer than steps"):
+        AutoencoderConfig(steps=10, whole_slice_steps=5, decoder_only_steps=5).validate()
+
+
+def test_autoencoder_decoder_only_phase_keeps_the_latent_space(tiny_latent_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Continuing a trained autoencoder with decoder-only steps changes its decoder, not one bit of
+    the (EMA) encoder that encoded a denoiser's training latents."""
+    from safetensors.numpy import load_file
+
+    from medsynth.dataset import load_dataset
+    from medsynth.latent.autoencoder import encode, load_autoencoder
+
+    run = tmp_path / "ae"
+    shutil.copytree(tiny_latent_runs["ae"], run)
+    before = load_file(str(run / "checkpoint.safetensors"))
+    res = CliRunner().invoke(cli, ["train-autoencoder", str(tiny_latent_runs["data"]), "-o", str(run), "--steps", "7",
+                                   "--decoder-only-steps", "3", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["steps_done"] == 7
+    after = load_file(str(run / "checkpoint.safetensors"))
+    encoder = [k for k in before if k.startswith(("ema.encoder.", "ema.quant_conv_"))]
+    decoder = [k for k in before if k.startswith(("ema.decoder.", "ema.post_quant_conv"))]
+    assert encoder and decoder
+    for k in encoder:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+        np.testing.assert_array_equal(after["model." + k[4:]], before[k], err_msg=k)  # trained model = EMA encoder
+    assert any(not np.array_equal(after[k], before[k]) for k in decoder)
+    slices = np.asarray(load_dataset(tiny_latent_runs["data"]).slices[:2])
+    _, old = load_autoencoder(tiny_latent_runs["ae"])
+    _, new = load_autoencoder(run)
+    np.testing.assert_array_equal(encode(new, slices), encode(old, slices))
 
 
 BUNDLED_512 = Path(__file__).resolve().parents[1] / "src" / "medsynth" / "packs" / "ct-body-512"

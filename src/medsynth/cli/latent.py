@@ -30,6 +30,7 @@ Examples:
   medsynth prepare ct/ -m ct-pelvis --matrix 512 --pixel-spacing 0.8 --slice-spacing 0 -o data/ct512
   medsynth train-autoencoder data/ct512 -o ~/runs/ct-ae --steps 600 --max-minutes 60
   medsynth train-autoencoder data/ct512 -o ~/runs/ct-ae --steps 1200      # resumes, continues
+  medsynth train-autoencoder data/ct512 -o ~/runs/ct-ae --steps 2200 --decoder-only-steps 1000   # sharper decoder, same latents
 """)
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False))
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -39,10 +40,14 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per step (default 8).")
 @click.option("--whole-slice-steps", type=click.IntRange(0), default=None,
               help="The last N steps train on whole slices (so normalisation sees whole-slice statistics), the learning rate falling to a tenth over them; the EMA restarts with them.")
+@click.option("--decoder-only-steps", type=click.IntRange(0), default=None,
+              help="Then N more steps (whole slices) train the decoder alone, the encoder frozen: sharpens a pack's "
+                   "decoder without moving the latent space its denoiser was trained on.")
 @_common
 @handle_errors
 def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, crop: int | None,
-                          batch_size: int | None, whole_slice_steps: int | None, steps: int | None, max_minutes: float | None,
+                          batch_size: int | None, whole_slice_steps: int | None, decoder_only_steps: int | None,
+                          steps: int | None, max_minutes: float | None,
                           threads: int | None, seed: int | None, as_json: bool) -> None:
     """Train the autoencoder (MONAI AutoencoderKL, L1 + KL) of a latent-diffusion pack on random
     crops of DATASET's full-resolution slices; checkpoints often and resumes from RUN."""
@@ -61,7 +66,8 @@ def train_autoencoder_cmd(dataset: Path, run_dir: Path, channels: str | None, cr
     changes: dict[str, Any] = {k: v for k, v in {"crop": crop, "batch_size": batch_size, "seed": seed}.items() if v is not None}
     cfg = replace(cfg, **changes)
     summary = train_autoencoder(dataset, run_dir, cfg if (channels or crop or batch_size or seed is not None) else None,
-                                steps=steps, whole_slice_steps=whole_slice_steps, max_minutes=max_minutes,
+                                steps=steps, whole_slice_steps=whole_slice_steps,
+                                decoder_only_steps=decoder_only_steps, max_minutes=max_minutes,
                                 threads=threads, show_progress=not as_json)
     if as_json:
         echo_json(summary.to_json())

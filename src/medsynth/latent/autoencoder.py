@@ -98,13 +98,35 @@ class Decoder(torch.nn.Module):
         return self.ae.decode(latent * self.std + self.shift).clamp(-1.0, 1.0)
 
 
+def _phases(cfg: AutoencoderConfig) -> tuple[int, int]:
+    """(first whole-slice step, first decoder-only step): crops before the first, whole slices after it."""
+    decoder_start = cfg.steps - cfg.decoder_only_steps
+    return decoder_start - cfg.whole_slice_steps, decoder_start
+
+
 def _learning_rate(cfg: AutoencoderConfig, step: int) -> float:
-    """Constant ``cfg.lr`` on crops; over the whole-slice phase a cosine from ``cfg.lr`` down to a tenth."""
-    phase_start = cfg.steps - cfg.whole_slice_steps
-    if step < phase_start or cfg.whole_slice_steps == 0:
+    """Constant ``cfg.lr`` on crops; over the whole-slice phase a cosine from ``cfg.lr`` down to a
+    tenth; over the decoder-only phase a cosine from a quarter of ``cfg.lr`` down to a fortieth."""
+    whole_start, decoder_start = _phases(cfg)
+    if step >= decoder_start:
+        k = (step - decoder_start) / cfg.decoder_only_steps
+        return cfg.lr * 0.25 * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * k)))
+    if step < whole_start or cfg.whole_slice_steps == 0:
         return cfg.lr
-    k = (step - phase_start) / cfg.whole_slice_steps
+    k = (step - whole_start) / cfg.whole_slice_steps
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * k)))
+
+
+_ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
+
+
+def _freeze_encoder(model: AutoencoderKL, ema: AutoencoderKL) -> None:
+    """Give ``model`` the EMA's encoder (the one exported and used to encode a denoiser's training
+    latents) and stop its gradients: from here on the latent space no longer moves."""
+    for name in _ENCODER_PARTS:
+        part, ema_part = getattr(model, name), getattr(ema, name)
+        part.load_state_dict(ema_part.state_dict())
+        part.requires_grad_(False)
 
 
 def _crops(slices: npt.NDArray[np.float32], cfg: AutoencoderConfig, step: int) -> torch.Tensor:
@@ -166,26 +188,30 @@ def train_autoencoder(
     *,
     steps: int | None = None,
     whole_slice_steps: int | None = None,
+    decoder_only_steps: int | None = None,
     max_minutes: float | None = None,
     threads: int | None = None,
     show_progress: bool = True,
 ) -> AutoencoderSummary:
     """Train (or resume, when ``run_dir`` holds a checkpoint) an autoencoder on ``dataset``.
 
-    ``steps`` raises or sets the step budget, ``whole_slice_steps`` how many of the last steps use
-    whole slices; ``max_minutes`` stops cleanly with a checkpoint.
+    ``steps`` raises or sets the step budget, ``whole_slice_steps`` how many steps before the last
+    ``decoder_only_steps`` use whole slices; those last steps (whole slices too) train the decoder
+    alone on the encoder's latent means (L1), the encoder frozen as the EMA had it, so a denoiser
+    trained on that encoder's latents keeps working with the sharper decoder. ``max_minutes`` stops
+    cleanly with a checkpoint.
     """
     run_dir = Path(run_dir)
     ds: PreparedDataset = load_dataset(dataset)
     resume = (run_dir / STATE_NAME).is_file() and (run_dir / AE_CONFIG_NAME).is_file()
     if resume:
-        cfg = with_steps(read_autoencoder_config(run_dir), steps, whole_slice_steps)
-        if config is not None and with_steps(config, cfg.steps, cfg.whole_slice_steps) != cfg:
+        cfg = with_steps(read_autoencoder_config(run_dir), steps, whole_slice_steps, decoder_only_steps)
+        if config is not None and with_steps(config, cfg.steps, cfg.whole_slice_steps, cfg.decoder_only_steps) != cfg:
             raise ConfigError("the run folder holds an autoencoder with other settings; use a new folder", run_dir)
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise OutputError("output folder is not empty and holds no autoencoder checkpoint", run_dir)
-        cfg = with_steps(config or AutoencoderConfig(), steps, whole_slice_steps)
+        cfg = with_steps(config or AutoencoderConfig(), steps, whole_slice_steps, decoder_only_steps)
     cfg.validate()
     h, w = ds.manifest.matrix
     if h < cfg.crop or w < cfg.crop:
@@ -219,18 +245,29 @@ def train_autoencoder(
         with Progress(TextColumn("autoencoder"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress) as progress:
             task = progress.add_task("ae", total=cfg.steps, completed=start, loss="-")
-            phase_start = cfg.steps - cfg.whole_slice_steps
+            phase_start, decoder_start = _phases(cfg)
+            frozen = False
             while step < cfg.steps:
                 whole = step >= phase_start
+                decoder_only = step >= decoder_start
+                if decoder_only and not frozen:
+                    _freeze_encoder(model, ema)
+                    frozen = True
                 x = _whole(slices, cfg, step) if whole else _crops(slices, cfg, step)
                 for group in opt.param_groups:
                     group["lr"] = _learning_rate(cfg, step)
                 torch.manual_seed(cfg.seed * 1_000_003 + step)  # the KL sampling noise, so a resumed run is bitwise
-                with ctx:
-                    recon, z_mu, z_sigma = model(x)
+                if decoder_only:
+                    with torch.no_grad():
+                        z_mu, z_sigma = model.encode(x)
+                    with ctx:
+                        recon = model.decode(z_mu)
+                else:
+                    with ctx:
+                        recon, z_mu, z_sigma = model(x)
                 rec = torch.nn.functional.l1_loss(recon.float(), x)
                 kl = 0.5 * torch.mean(z_mu.float() ** 2 + z_sigma.float() ** 2 - torch.log(z_sigma.float() ** 2 + 1e-8) - 1)
-                loss = rec + cfg.kl_weight * kl
+                loss = rec if decoder_only else rec + cfg.kl_weight * kl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -45,6 +45,9 @@ class AutoencoderConfig:
     # GroupNorm sees at training the statistics of the whole slices it encodes and decodes later
     whole_slice_steps: int = 0
     whole_slice_batch: int = 1
+    # then the last ``decoder_only_steps`` steps (whole slices too) train the decoder alone: the
+    # encoder, and so the latent space a denoiser was trained on, stays as it was (see train_autoencoder)
+    decoder_only_steps: int = 0
 
     @property
     def downsample(self) -> int:
@@ -61,6 +64,10 @@ class AutoencoderConfig:
                 raise ConfigError(f"autoencoder {name} must be ≥ 1")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise ConfigError("autoencoder lr must be > 0 and kl_weight ≥ 0")
+        if self.whole_slice_steps < 0 or self.decoder_only_steps < 0 or \
+                self.whole_slice_steps + self.decoder_only_steps >= self.steps:
+            raise ConfigError(f"autoencoder whole_slice_steps ({self.whole_slice_steps}) + decoder_only_steps "
+                              f"({self.decoder_only_steps}) must be ≥ 0 and fewer than steps ({self.steps})")
         return self
 
 
@@ -158,11 +165,14 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def with_steps(cfg: Any, steps: int | None, whole_slice_steps: int | None = None) -> Any:
-    """``cfg`` with a new step budget (and, for the autoencoder, a new number of final whole-slice
-    steps): the only fields that may change when resuming."""
+def with_steps(cfg: Any, steps: int | None, whole_slice_steps: int | None = None,
+               decoder_only_steps: int | None = None) -> Any:
+    """``cfg`` with a new step budget (and, for the autoencoder, new numbers of final whole-slice and
+    decoder-only steps): the only fields that may change when resuming."""
     if steps is not None:
         cfg = replace(cfg, steps=int(steps))
     if whole_slice_steps is not None:
         cfg = replace(cfg, whole_slice_steps=int(whole_slice_steps))
+    if decoder_only_steps is not None:
+        cfg = replace(cfg, decoder_only_steps=int(decoder_only_steps))
     return cfg
