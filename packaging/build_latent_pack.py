@@ -7,7 +7,9 @@ train-autoencoder → train-latent → export into src/medsynth/packs/<id>/.
 A recipe with a ``[<id>.restart]`` table trains in two phases: the first phase's denoiser is exported,
 rebuilt into fresh runs by ``medsynth runs-from-pack`` (EMA weights, new optimizer) and trained on with
 the restart's flags; that is how a bundled pack continues when only its pack (not its run folder) is
-left. ``--ld-steps`` then overrides the second phase's budget.
+left. ``--ld-steps`` then overrides the second phase's budget. A restart's ``autoencoder`` flags then
+continue the rebuilt autoencoder too (``--decoder-only-steps``: the encoder, so the latents the
+denoiser learned, stay as they were).
 
 The recipe's step budgets are fixed (``--steps`` in its flags), so a replay from scratch on the same
 software gives the same weights; ``history`` in the recipe says how the bundled weights were actually
@@ -116,6 +118,8 @@ def main() -> None:
                          "--json")
             medsynth("train-latent", str(w / "data-train"), "--autoencoder", str(ae_run), "-o", str(ld_run),
                      *budget(restart["denoiser"], args.ld_steps), "--json")
+            if "autoencoder" in restart:  # e.g. --decoder-only-steps: a sharper decoder, the same latents
+                medsynth("train-autoencoder", str(w / "data-ae"), "-o", str(ae_run), *restart["autoencoder"], "--json")
     if args.stage in ("export", "all"):
         medsynth("export", str(ld_run), "--autoencoder", str(ae_run), "-o",
                  str(REPO / "src" / "medsynth" / "packs" / args.pack_id), *recipe["export"], "--force", "--json")

@@ -245,6 +245,19 @@ def test_bundled_pack_makes_smear_coloured_cells(cells: Path, tmp_path: Path) ->
     assert kl < 0.5 * colour_distance(np.random.default_rng(0).uniform(-1, 1, synthetic.shape), real)["kl"]
 
 
+@pytest.mark.skipif(not (BUNDLED / "pack.json").is_file(), reason="the micro-malaria pack is not bundled")
+def test_bundled_pack_names_no_patient(cells: Path) -> None:
+    """No slide/patient id of the source data reaches the pack: the held-out patients are a count."""
+    ids = {patient_id(f.name) for f in cells.glob("*/*.png")}
+    held = {p for p in ids if is_held_out(p)}
+    assert held and len(ids) > len(held)
+    meta = json.loads((BUNDLED / "pack.json").read_text(encoding="utf-8"))
+    assert isinstance(meta["quality"]["held_out_patients"], int) and 0 < meta["quality"]["held_out_patients"] <= len(held)
+    for name in ("pack.json", "MODEL_CARD.md"):
+        words = set((BUNDLED / name).read_text(encoding="utf-8").replace('"', " ").replace(",", " ").split())
+        assert not words & ids, name
+
+
 def test_evaluate_micro_reuses_a_fitted_classifier() -> None:
     """A sweep judges every sampling setting with one CNN: ``classifier=`` is used, nothing is fitted."""
     from medsynth.evaluation.micro import CnnClassifier, evaluate_micro

@@ -309,7 +309,8 @@ def write_micro_quality(pack_dir: Path, result: dict[str, Any], command: str) ->
                           "colour_cramers_v_baseline": v.get("colour_baseline_train_vs_held_out", {}).get("cramers_v")}
                       for k, v in result["per_class"].items()},
         "memorisation": result.get("memorisation"),
-        "held_out_patients": result.get("held_out_patients", []),
+        # a count: patient (slide) ids of the source data never reach a pack; the split rule reproduces them
+        "held_out_patients": len(result.get("held_out_patients", [])),
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     card_path = pack_dir / "MODEL_CARD.md"
@@ -323,7 +324,7 @@ def write_micro_quality(pack_dir: Path, result: dict[str, Any], command: str) ->
         title, _, body = head.partition("\n\n")
         head = (f"{title}\n\n> **Below the acceptance gate of QUALITY.md** ({'; '.join(failures)}). A CPU-trained "
                 f"starter pack; `medsynth generate` says so in its notes.\n\n{body}")
-    patients = ", ".join(result.get("held_out_patients", []))
+    patients = len(result.get("held_out_patients", []))
     quality = (
         "## Quality\n\n"
         f"Measured by `{command}` (medsynth's own `generate` path: DICOM written and read back; "
@@ -333,7 +334,8 @@ def write_micro_quality(pack_dir: Path, result: dict[str, Any], command: str) ->
         "detection in thin blood smear images.* PeerJ 6:e4568 (2018). The 2,400-cell subset in "
         "`../shared/data/micro/malaria_nih_cells/` is split **by patient** (file names carry the slide/patient id): "
         f"{result.get('split', '')}. Training patients: {result['n_train']} cells; held-out patients: "
-        f"{result['n_held_out']} cells, from the patients {patients}.\n\n"
+        f"{result['n_held_out']} cells of {patients} patients (the split rule above reproduces which; their ids "
+        "are not repeated in the pack).\n\n"
         "The CNN (the paper's classifier test) is trained on the training patients' real cells only; its accuracy "
         "on the held-out patients' real cells is the baseline for its accuracy on synthetic cells of each "
         "condition. Colour histograms: per-channel 8-bit histograms (32 bins), synthetic vs held-out real cells "

@@ -194,6 +194,14 @@ def _selected_by(meta: PackMetadata) -> str:
     return "the default of these presets" if default else f"select it with `--model {meta.model_id}`"
 
 
+def _ae_phases(aec: dict[str, Any]) -> str:
+    """The autoencoder's whole-slice and decoder-only phases, as the card's training line says them."""
+    whole, dec = int(aec.get("whole_slice_steps") or 0), int(aec.get("decoder_only_steps") or 0)
+    return "".join([f", then {whole} steps on whole slices" if whole else "",
+                    f", then {dec} decoder-only steps on whole slices (encoder frozen, so the latents the denoiser "
+                    "learned did not move)" if dec else ""])
+
+
 def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
     """MODEL_CARD.md of a latent pack from its pack.json; ``quality`` (from benchmarks/eval_latent.py)
     is rendered when present; ``images`` are PNG names inside the pack to show."""
@@ -262,9 +270,9 @@ def latent_model_card(meta: PackMetadata, images: tuple[str, ...] = ()) -> str:
         "",
         "## Training",
         "",
-        f"- Autoencoder: channels {aec.get('channels')}, {ae.get('steps')} steps of batch {aec.get('batch_size')} "
-        f"{aec.get('crop')}² crops, AdamW lr {aec.get('lr')}, L1 + {aec.get('kl_weight')}·KL, {aec.get('precision')}; "
-        f"{float(ae.get('train_seconds', 0)) / 60:.0f} min",
+        f"- Autoencoder: channels {aec.get('channels')}, {ae.get('steps')} steps: batches of {aec.get('batch_size')} "
+        f"{aec.get('crop')}² crops{_ae_phases(aec)}, AdamW lr {aec.get('lr')}, L1 + {aec.get('kl_weight')}·KL, "
+        f"{aec.get('precision')}; {float(ae.get('train_seconds', 0)) / 60:.0f} min",
         f"- Latent denoiser: channels {dc.get('channels')}, attention {dc.get('attention_levels')}, {den.get('steps')} steps "
         f"of batch {dc.get('batch_size')}, AdamW lr {dc.get('lr')}, EMA {dc.get('ema_decay')}, label dropout "
         f"{dc.get('label_dropout')}, previous-slice dropout {dc.get('previous_dropout')}"
