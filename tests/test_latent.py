@@ -222,11 +222,9 @@ def test_bundled_ct_body_512_series_and_reconstruction_do_not_regress(shared_dat
     (no --model; its defaults, 8 pelvis slices): a dciodvfy-clean
     512² series at ≤ 1 mm pixels, one coherent body (adjacent-slice SSIM no more than 0.05 below the
     card's), bone and fat present (floors well under real pelvis CT); its encoder/decoder reconstruct the 20 held-out covid_nysbu
-    slices at ≥ 35 dB over −1024…3071 HU (the issue's target; the card's number is on 81 slices)."""
-    import onnxruntime as ort
-
+    slices at ≥ 35 dB over −1024…3071 HU (the issue's target; the card's numbers are on 81 slices)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from eval_latent import covid_slices, psnr
+    from eval_latent import covid_slices, reconstruction
     from medsynth.evaluation.metrics import ssim_pairs
     from medsynth.evaluation.texture import working_copy
 
@@ -253,11 +251,9 @@ def test_bundled_ct_body_512_series_and_reconstruction_do_not_regress(shared_dat
     adjacent = float(np.mean(ssim_pairs(working_copy(model[:-1], 128), working_copy(model[1:], 128))))
     assert adjacent >= float(meta.quality["adjacent_slice_ssim"]["pelvis"]) - 0.05
     real, _ = covid_slices(shared_data)
-    enc = ort.InferenceSession(str(BUNDLED_512 / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(BUNDLED_512 / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    rec = np.concatenate([dec.run(["image"], {"latent": enc.run(["latent"], {"image": real[i:i + 4, None]})[0]})[0][:, 0]
-                          for i in range(0, len(real), 4)])
-    assert psnr(real, rec, 3071 + 1024) >= 35.0
+    rec = reconstruction(BUNDLED_512, real)  # the pack's ONNX encoder → decoder, as eval_latent.py measures it
+    # 35.18 dB / SSIM 0.932 on these 20 slices (the card's 37.95 dB / 0.951 include lung2's 61): floors
+    assert rec["psnr_db_-1024_3071"] >= 35.0 and rec["ssim"] >= 0.925
 
 
 def test_previous_dropout_phase_replays_in_one_call_and_never_rewrites_history(
